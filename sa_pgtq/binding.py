@@ -1,0 +1,57 @@
+"""Where a queue's sessions come from, and whose transaction an operation runs in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+Bind = Engine | sessionmaker[Session] | URL | str
+
+
+def engine_from_url(url: str | URL) -> Engine:
+    """An engine for a SQLAlchemy URL, a libpq URI or a libpq key=value DSN.
+
+    Bare `postgresql://` URIs (what libpq and q4pg users have) get the psycopg2
+    driver; a URL that names a driver keeps it.
+    """
+    if isinstance(url, str) and "://" not in url:
+        # A key=value DSN ("host=... dbname=..."): libpq parses it, SQLAlchemy passes it through.
+        return create_engine("postgresql+psycopg2://", connect_args={"dsn": url})
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return create_engine(parsed)
+
+
+class Binding:
+    """A queue's database: an engine plus the factory of its own sessions."""
+
+    def __init__(self, bind: Bind) -> None:
+        if isinstance(bind, sessionmaker):
+            engine = bind.kw.get("bind")
+            if not isinstance(engine, Engine):
+                raise TypeError("a sessionmaker passed to Queue must be bound to an Engine")
+            self.engine: Engine = engine
+            self.sessions: sessionmaker[Session] = bind
+        else:
+            self.engine = bind if isinstance(bind, Engine) else engine_from_url(bind)
+            self.sessions = sessionmaker(self.engine)
+        if self.engine.dialect.name != "postgresql":
+            raise ValueError(f"sa_pgtq needs PostgreSQL, not {self.engine.dialect.name}")
+
+    @contextmanager
+    def transaction(self, session: Session | None) -> Iterator[Session]:
+        """The caller's session as it is (never committed here), or a new one committed on success."""
+        if session is not None:
+            if not isinstance(session, Session):
+                raise TypeError(f"session must be a sqlalchemy.orm.Session, got {type(session).__name__}")
+            session.flush()  # the caller's pending rows go first, as autoflush would
+            yield session
+            return
+        # Jobs handed back to the caller must stay readable after this commit.
+        with self.sessions(expire_on_commit=False) as own, own.begin():
+            yield own

@@ -1,0 +1,126 @@
+"""Turning user input into values PostgreSQL will store, or a clear error.
+
+Everything here runs before any SQL is sent, which is what makes "bad input
+writes nothing" hold: a batch is validated whole before its single INSERT.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import traceback
+from datetime import datetime, timedelta
+from typing import Literal
+
+from .errors import (
+    DataNotSerializableError,
+    DataNotStorableError,
+    DataTooLongError,
+    DataTypeError,
+    InvalidInputError,
+    InvalidTagError,
+)
+
+DataType = Literal["json", "text"]
+
+#: Tags and queue names travel in NOTIFY payloads (8000 bytes at most), so they are bounded.
+MAX_NAME_LENGTH = 255
+_INT32 = 2**31 - 1
+
+# jsonb rejects the \u0000 escape; an escaped backslash before "u0000" is harmless.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_name(value: object, what: str = "tag") -> str:
+    """Validate a tag, queue name or handler name; return it unchanged."""
+    if not isinstance(value, str):
+        raise InvalidTagError(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise InvalidTagError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidTagError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in value:
+        raise InvalidTagError(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTagError(f"{what} is not valid Unicode text: {exc.reason}") from None
+    return value
+
+
+def encode_data(data: object, data_type: DataType, data_length: int | None) -> str:
+    """Serialise a payload to the JSON text stored in the `data` column."""
+    if data_type == "text" and not isinstance(data, str):
+        raise DataTypeError(f"data_type='text' takes str data, got {type(data).__name__}")
+    try:
+        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise DataNotSerializableError(f"data is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise DataNotSerializableError("data is nested too deeply to serialise") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataNotStorableError(f"data is not valid Unicode text: {exc.reason}") from None
+    if _JSON_NUL.search(text):
+        raise DataNotStorableError("data contains a NUL character, which PostgreSQL cannot store")
+    measured = len(data) if isinstance(data, str) and data_type == "text" else len(text)
+    if data_length is not None and measured > data_length:
+        raise DataTooLongError(f"data is {measured} characters long; data_length is {data_length}")
+    return text
+
+
+def check_priority(priority: object) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidInputError(f"priority must be an int, got {type(priority).__name__}")
+    if not -_INT32 - 1 <= priority <= _INT32:
+        raise InvalidInputError("priority must fit in a 32-bit integer")
+    return priority
+
+
+def check_schedule(run_at: object, delay: object) -> tuple[datetime | None, timedelta | None]:
+    """Validate `run_at` / `delay`; at most one may be given."""
+    if run_at is not None and delay is not None:
+        raise InvalidInputError("give run_at or delay, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidInputError(f"run_at must be a datetime, got {type(run_at).__name__}")
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise InvalidInputError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    if delay is not None:
+        if isinstance(delay, (int, float)) and not isinstance(delay, bool):
+            if not math.isfinite(delay):
+                raise InvalidInputError("delay must be finite")
+            delay = timedelta(seconds=delay)
+        if not isinstance(delay, timedelta):
+            raise InvalidInputError(f"delay must be a timedelta or seconds, got {type(delay).__name__}")
+    return run_at, delay
+
+
+def check_options(data_type: object, data_length: object, excepted_times_to_ignore: object) -> None:
+    """Validate a queue's constructor options."""
+    if data_type not in ("json", "text"):
+        raise InvalidInputError(f"data_type must be 'json' or 'text', got {data_type!r}")
+    for name, value in (("data_length", data_length), ("excepted_times_to_ignore", excepted_times_to_ignore)):
+        if value is None and name == "data_length":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInputError(f"{name} must be a non-negative int, got {value!r}")
+
+
+
+def describe_error(exc: BaseException, limit: int = 20_000) -> str:
+    """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidInputError(f"{what} must be a number of seconds or None")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidInputError(f"{what} must be a positive, finite number of seconds")
+    return float(timeout)

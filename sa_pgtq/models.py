@@ -1,0 +1,137 @@
+"""The queue table as a declarative model.
+
+`JobMixin` holds the columns and indexes; `Job` is the ready-made model on
+sa_pgtq's own metadata (table `sa_pgtq_jobs`). A host application may instead
+declare `class MyJob(JobMixin, AppBase): __tablename__ = "my_jobs"` and pass
+`model=MyJob` to `Queue`. Index and constraint names derive from the table
+name, so several queue tables can share a database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    TIMESTAMP,
+    BigInteger,
+    CheckConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+
+DEFAULT_TABLE = "sa_pgtq_jobs"
+
+# Job states. A job is deleted when it succeeds or is cancelled.
+QUEUED = "queued"  # waiting (possibly until run_at)
+RUNNING = "running"  # claimed by a worker under a lease
+FAILED = "failed"  # out of attempts; kept with its last error until requeued or cancelled
+
+# What put the row there: the message layer (dequeue by tag) or the task layer (workers).
+MESSAGE = "message"
+TASK = "task"
+
+_queue_tables: set[str] = set()
+
+
+def queue_table_names() -> frozenset[str]:
+    """Names of every table declared with `JobMixin` in this process."""
+    return frozenset(_queue_tables)
+
+
+def _table_args(table: str) -> tuple[Any, ...]:
+    # Partial indexes keep the fetch paths proportional to what is runnable,
+    # not to the failed or leased rows beside them.
+    return (
+        CheckConstraint(f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"),
+        CheckConstraint(f"kind IN ('{MESSAGE}', '{TASK}')", name=f"ck_{table}_kind"),
+        Index(
+            f"ix_{table}_messages",
+            "queue",
+            "tag",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            postgresql_where=text(f"state = '{QUEUED}' AND kind = '{MESSAGE}'"),
+        ),
+        Index(
+            f"ix_{table}_tasks",
+            "queue",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            postgresql_where=text(f"state = '{QUEUED}' AND kind = '{TASK}'"),
+        ),
+        Index(
+            f"ix_{table}_leases",
+            "lease_expires_at",
+            postgresql_where=text(f"state = '{RUNNING}'"),
+        ),
+    )
+
+
+class JobMixin:
+    """Columns, constraints and indexes of a queue table."""
+
+    __tablename__: ClassVar[str]
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    queue: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text, server_default=MESSAGE)
+    tag: Mapped[str] = mapped_column(Text)
+    data: Mapped[Any] = mapped_column(JSONB)
+    state: Mapped[str] = mapped_column(Text, server_default=QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    run_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    locked_by: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    @declared_attr.directive
+    @classmethod
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return _table_args(cls.__tablename__)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__tablename__" in cls.__dict__:
+            _queue_tables.add(cls.__tablename__)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} id={self.id} queue={self.queue!r} tag={self.tag!r} "
+            f"state={self.state!r} attempts={self.attempts}>"
+        )
+
+
+class Base(DeclarativeBase):
+    """sa_pgtq's own declarative base; its metadata holds only queue tables."""
+
+    metadata = MetaData()
+
+
+class Job(JobMixin, Base):
+    """The default queue table, `sa_pgtq_jobs`."""
+
+    __tablename__ = DEFAULT_TABLE
+
+
+_models: dict[str, type[JobMixin]] = {DEFAULT_TABLE: Job}
+
+
+def job_model(table_name: str = DEFAULT_TABLE) -> type[JobMixin]:
+    """The model for a queue table by name, declared on sa_pgtq's Base on first use."""
+    model = _models.get(table_name)
+    if model is None:
+        model = type(f"Job_{table_name}", (JobMixin, Base), {"__tablename__": table_name})
+        _models[table_name] = model
+    return model

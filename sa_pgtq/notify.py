@@ -1,0 +1,96 @@
+"""Waiting for new jobs with LISTEN/NOTIFY, with polling as the fallback.
+
+A `Listener` owns one dedicated autocommit connection, detached from the
+engine's pool so that its LISTEN never leaks into a pooled connection. It
+answers one question: "may there be new work for me?". Any doubt (a
+notification, a dropped connection, a reconnect) answers yes, because the
+caller always re-checks the table; a lost notification only costs latency,
+never a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+
+from .schema import CHANNEL
+from .sql import LISTEN, PING
+
+log = logging.getLogger(__name__)
+
+
+class Listener:
+    def __init__(self, engine: Engine, table: str, queue: str, kind: str, tag: str | None) -> None:
+        self._engine = engine
+        self._wanted = (table, queue, kind)
+        self._tag = tag
+        self._conn: Any = None  # the DBAPI connection (psycopg2 or psycopg 3)
+
+    def __enter__(self) -> Listener:
+        self._connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing left to release
+                log.debug("closing a broken LISTEN connection failed", exc_info=True)
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds; True when there may be new work.
+
+        False means the time passed quietly and the connection answered a ping,
+        so the silence is real and not a LISTEN connection that died unnoticed.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        try:
+            if self._conn is None:
+                self._connect()
+                return True  # notifications may have been missed while disconnected
+            while (left := deadline - time.monotonic()) > 0:
+                if any(self._matches(payload) for payload in self._receive(left)):
+                    return True
+            self._conn.cursor().execute(PING)
+            return False
+        except Exception as exc:
+            # Any driver error means the connection is gone; drop it, reconnect on the
+            # next call and, meanwhile, behave as a poll.
+            log.warning("LISTEN connection lost (%s); falling back to polling", exc)
+            self.close()
+            time.sleep(max(deadline - time.monotonic(), 0.0))
+            return True
+
+    def _connect(self) -> None:
+        pooled = self._engine.raw_connection()
+        conn = pooled.driver_connection
+        pooled.detach()  # ours alone: closed, not returned, when we are done
+        conn.autocommit = True
+        conn.cursor().execute(LISTEN)
+        self._conn = conn
+
+    def _receive(self, timeout: float) -> list[str]:
+        conn = self._conn
+        if hasattr(conn, "poll"):  # psycopg2
+            if select.select([conn], [], [], timeout)[0]:
+                conn.poll()
+            payloads = [n.payload for n in conn.notifies if n.channel == CHANNEL]
+            conn.notifies.clear()
+            return payloads
+        return [n.payload for n in conn.notifies(timeout=timeout, stop_after=1) if n.channel == CHANNEL]
+
+    def _matches(self, payload: str) -> bool:
+        try:
+            table, queue, kind, tag = json.loads(payload)
+        except (ValueError, TypeError):
+            return False
+        return (table, queue, kind) == self._wanted and (self._tag is None or tag == self._tag)

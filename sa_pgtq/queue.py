@@ -1,0 +1,307 @@
+"""`Queue`: the message layer (tags + JSON data) over one queue table.
+
+Every operation takes `session=None`. With the caller's Session it runs inside
+the caller's transaction (flushing, never committing), so a job commits or
+rolls back with the application's own rows. Without one, the queue opens its
+own session from the engine's pool and commits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import codec, schema
+from .errors import InvalidInputError
+from .binding import Bind, Binding
+from .models import DEFAULT_TABLE, MESSAGE, JobMixin, job_model
+from .notify import Listener
+from .sql import Statements
+
+_DEFAULT_POLL_INTERVAL = 5.0
+
+
+@dataclass
+class _Claim:
+    """A message held under a row lock while the caller's block runs."""
+
+    id: int
+    value: Any  # the data, or the whole Job for the *_item variants
+
+
+class Queue:
+    """A named queue on a queue table.
+
+    `bind` is an Engine, a sessionmaker bound to one, or a URL / libpq DSN string.
+    Several `Queue` objects (with different names) may share one table.
+    """
+
+    def __init__(
+        self,
+        bind: Bind,
+        *,
+        name: str = "default",
+        data_type: codec.DataType = "json",
+        data_length: int | None = None,
+        excepted_times_to_ignore: int = 0,
+        model: type[JobMixin] | None = None,
+        table_name: str | None = None,
+        poll_interval: float = _DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        codec.check_name(name, "queue name")
+        codec.check_options(data_type, data_length, excepted_times_to_ignore)
+        if model is not None and table_name is not None and model.__tablename__ != table_name:
+            raise ValueError("give model or table_name, not two different tables")
+        self.name = name
+        self.data_type: codec.DataType = data_type
+        self.data_length = data_length
+        self.excepted_times_to_ignore = excepted_times_to_ignore
+        self.poll_interval = codec.check_timeout(poll_interval, "poll_interval") or 0.0
+        self.model: type[JobMixin] = model or job_model(table_name or DEFAULT_TABLE)
+        self.binding = Binding(bind)
+        self.sql = Statements(self.model)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} on {self.model.__tablename__!r}>"
+
+    @property
+    def table_name(self) -> str:
+        return self.model.__tablename__
+
+    # -- schema --------------------------------------------------------------
+
+    def create_table(self) -> bool:
+        """Create the queue table (exactly as the Alembic chain does) unless it exists."""
+        with self.binding.engine.begin() as conn:
+            return schema.create_all(conn, self.table_name)
+
+    # -- enqueue -------------------------------------------------------------
+
+    def enqueue(
+        self,
+        tag: str,
+        data: Any,
+        session: Session | None = None,
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        priority: int = 0,
+    ) -> int:
+        """Add one message; returns its job id."""
+        params = self.job_params(MESSAGE, tag, run_at, delay, priority)
+        params["data"] = self.encode(data)
+        with self.binding.transaction(session) as s:
+            return int(s.execute(self.sql.insert_one, params).scalar_one())
+
+    def enqueue_many(
+        self,
+        tag: str,
+        datas: Any,
+        session: Session | None = None,
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        priority: int = 0,
+    ) -> list[int]:
+        """Add many messages in one statement; returns their ids in the order given."""
+        params = self.job_params(MESSAGE, tag, run_at, delay, priority)
+        params["datas"] = [self.encode(data) for data in datas]
+        return self.insert_many(params, session)
+
+    def insert_many(self, params: dict[str, Any], session: Session | None) -> list[int]:
+        """Run the bulk INSERT for already validated parameters (shared with the task layer)."""
+        if not params["datas"]:
+            return []
+        with self.binding.transaction(session) as s:
+            return sorted(s.execute(self.sql.insert_many, params).scalars())
+
+    def encode(self, data: Any) -> str:
+        return codec.encode_data(data, self.data_type, self.data_length)
+
+    def job_params(
+        self, kind: str, tag: str, run_at: object, delay: object, priority: object
+    ) -> dict[str, Any]:
+        """Validated parameters shared by every INSERT (all checks before any write)."""
+        run_at, delay = codec.check_schedule(run_at, delay)
+        return {
+            "queue": self.name,
+            "kind": kind,
+            "tag": codec.check_name(tag),
+            "priority": codec.check_priority(priority),
+            "run_at": run_at,
+            "delay": delay,
+        }
+
+    # -- dequeue -------------------------------------------------------------
+
+    @contextmanager
+    def dequeue(self, tag: str, session: Session | None = None) -> Iterator[Any]:
+        """Lock the next message's row and yield its data (None when there is none).
+
+        Leaving the block normally removes the message. An exception leaves it in
+        the queue with `attempts + 1` and its traceback in `last_error`, moves it
+        behind the others, and propagates.
+        """
+        with self._claim(tag, session, item=False) as claim:
+            yield None if claim is None else claim.value
+
+    @contextmanager
+    def dequeue_item(self, tag: str, session: Session | None = None) -> Iterator[JobMixin | None]:
+        """Like `dequeue`, yielding the whole `Job` row."""
+        with self._claim(tag, session, item=True) as claim:
+            yield None if claim is None else claim.value
+
+    def dequeue_immediate(self, tag: str, session: Session | None = None) -> Any:
+        """Remove the next message at once and return its data (None when there is none)."""
+        params = self._tag_params(tag)
+        with self.binding.transaction(session) as s:
+            row = s.execute(self.sql.take_next_message, params).first()
+            return None if row is None else row[0]
+
+    def dequeue_item_immediate(self, tag: str, session: Session | None = None) -> JobMixin | None:
+        """Remove the next message at once and return it as a `Job`."""
+        params = self._tag_params(tag)
+        with self.binding.transaction(session) as s:
+            job: JobMixin | None = s.scalars(self.sql.take_next_message_item, params).first()
+            return job
+
+    @contextmanager
+    def _claim(self, tag: str, session: Session | None, *, item: bool) -> Iterator[_Claim | None]:
+        params = self._tag_params(tag)
+        if session is not None:
+            with self._claim_in(session, params, item=item, own=False) as claim:
+                yield claim
+            return
+        with self.binding.sessions(expire_on_commit=False) as own:
+            with self._claim_in(own, params, item=item, own=True) as claim:
+                yield claim
+
+    @contextmanager
+    def _claim_in(
+        self, s: Session, params: dict[str, Any], *, item: bool, own: bool
+    ) -> Iterator[_Claim | None]:
+        claim = self._lock_next(s, params, item=item)
+        if claim is None:
+            if own:
+                s.commit()  # release the snapshot before the caller's block runs
+            yield None
+            return
+        # In the caller's transaction the block runs in a savepoint, so that a failure
+        # undoes the block's writes but keeps our row lock (taken outside it).
+        block = None if own else s.begin_nested()
+        try:
+            yield claim
+        except BaseException as exc:
+            if block is not None:
+                block.rollback()
+            else:
+                s.rollback()
+            # GeneratorExit (a listen loop left early) and KeyboardInterrupt are not the
+            # message's fault: it goes back untouched.
+            if isinstance(exc, Exception):
+                s.execute(self.sql.fail_message, {
+                    "job_id": claim.id,
+                    "error": codec.describe_error(exc),
+                    "ignore_after": self.excepted_times_to_ignore,
+                })
+                if own:
+                    s.commit()
+            raise
+        if block is not None:
+            block.commit()
+        s.execute(self.sql.delete_job, {"job_id": claim.id})
+        if own:
+            s.commit()
+
+    def _lock_next(self, s: Session, params: dict[str, Any], *, item: bool) -> _Claim | None:
+        if item:
+            job: JobMixin | None = s.scalars(self.sql.lock_next_message_item, params).first()
+            return None if job is None else _Claim(job.id, job)
+        row = s.execute(self.sql.lock_next_message, params).first()
+        return None if row is None else _Claim(row.id, row.data)
+
+    # -- listen --------------------------------------------------------------
+
+    def listen(
+        self, tag: str, timeout: float | None = None, session: Session | None = None
+    ) -> Iterator[Any]:
+        """Yield message data as it arrives, woken by NOTIFY (no busy polling).
+
+        Each message is held in a transaction while the loop body runs and removed
+        when the next one is asked for. Leaving the loop (break or exception)
+        returns the current message untouched. Yields None after `timeout` quiet
+        seconds, then keeps listening.
+        """
+        return self._listen(tag, timeout, session, item=False)
+
+    def listen_item(
+        self, tag: str, timeout: float | None = None, session: Session | None = None
+    ) -> Iterator[Any]:
+        """Like `listen`, yielding whole `Job` rows."""
+        return self._listen(tag, timeout, session, item=True)
+
+    def _listen(
+        self, tag: str, timeout: object, session: Session | None, *, item: bool
+    ) -> Iterator[Any]:
+        if isinstance(timeout, Session):  # q4pg style: the session passed positionally last
+            timeout, session = None, timeout
+        seconds = codec.check_timeout(timeout)
+        params = self._tag_params(tag)  # validated now, not at the first next()
+        return self._listen_loop(params, seconds, session, item=item)
+
+    def _listen_loop(
+        self, params: dict[str, Any], timeout: float | None, session: Session | None, *, item: bool
+    ) -> Iterator[Any]:
+        tag = params["tag"]
+        with Listener(self.binding.engine, self.table_name, self.name, MESSAGE, tag) as listener:
+            quiet_since = time.monotonic()
+            while True:
+                with self._claim(tag, session, item=item) as claim:
+                    if claim is not None:
+                        yield claim.value
+                if claim is not None:
+                    quiet_since = time.monotonic()
+                    continue
+                wait = self._seconds_until_due(params, session)
+                if timeout is not None:
+                    left = quiet_since + timeout - time.monotonic()
+                    if left <= 0:
+                        yield None
+                        quiet_since = time.monotonic()
+                        continue
+                    wait = min(wait, left)
+                listener.wait(wait)
+
+    def _seconds_until_due(self, params: dict[str, Any], session: Session | None) -> float:
+        """How long to sleep: until the next scheduled message, at most `poll_interval`."""
+        with self.binding.transaction(session) as s:
+            due = s.execute(self.sql.seconds_until_next_message, params).scalar()
+        return self.poll_interval if due is None else min(max(float(due), 0.0), self.poll_interval)
+
+    # -- inspect and cancel --------------------------------------------------
+
+    def list(self, tag: str, session: Session | None = None) -> list[JobMixin]:
+        """Waiting messages with this tag, in the order they would be dequeued."""
+        with self.binding.transaction(session) as s:
+            return list(s.scalars(self.sql.list_messages, self._tag_params(tag)))
+
+    def count(self, tag: str, session: Session | None = None) -> int:
+        """Messages with this tag that will still be handed out (failed ones excluded)."""
+        with self.binding.transaction(session) as s:
+            return int(s.execute(self.sql.count_messages, self._tag_params(tag)).scalar_one())
+
+    def cancel(self, job_id: int, session: Session | None = None) -> bool:
+        """Delete a waiting or failed job of this queue; False if absent or being worked on."""
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise InvalidInputError(f"job_id must be an int, got {type(job_id).__name__}")
+        with self.binding.transaction(session) as s:
+            return s.execute(self.sql.cancel, {"job_id": job_id, "queue": self.name}).first() is not None
+
+    def _tag_params(self, tag: str) -> dict[str, Any]:
+        return {"queue": self.name, "tag": codec.check_name(tag)}

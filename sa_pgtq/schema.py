@@ -1,0 +1,160 @@
+"""Versioned DDL for a queue table, written as Alembic operations.
+
+One definition serves three callers, so they cannot drift apart:
+- the shipped revisions in `sa_pgtq.migrations` (the `sa_pgtq` branch);
+- a host application's own revision, Oban style:
+  `schema.upgrade(op, to_version=1, table_name="my_jobs")`;
+- `Queue.create_table()`, which runs the same steps on a plain connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy.dialects.postgresql import JSONB
+
+from .models import DEFAULT_TABLE, FAILED, MESSAGE, QUEUED, RUNNING, TASK, queue_table_names
+
+#: Notifications for every queue table go to this one fixed channel; the payload
+#: (a JSON array [table, queue, kind, tag]) says what arrived. A fixed channel means
+#: no user-chosen name ever reaches LISTEN, which cannot take a bound parameter.
+CHANNEL = "sa_pgtq"
+
+
+def _quote(op: Operations, name: str) -> str:
+    return op.get_bind().dialect.identifier_preparer.quote(name)
+
+
+def _v1_up(op: Operations, table: str) -> None:
+    ts = sa.TIMESTAMP(timezone=True)
+    op.create_table(
+        table,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("queue", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False, server_default=MESSAGE),
+        sa.Column("tag", sa.Text, nullable=False),
+        sa.Column("data", JSONB, nullable=False),
+        sa.Column("state", sa.Text, nullable=False, server_default=QUEUED),
+        sa.Column("priority", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("created_at", ts, nullable=False, server_default=sa.func.now()),
+        sa.Column("run_at", ts, nullable=False, server_default=sa.func.now()),
+        sa.Column("lease_expires_at", ts, nullable=True),
+        sa.Column("locked_by", sa.Text, nullable=True),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.CheckConstraint(f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"),
+        sa.CheckConstraint(f"kind IN ('{MESSAGE}', '{TASK}')", name=f"ck_{table}_kind"),
+    )
+    op.create_index(
+        f"ix_{table}_messages",
+        table,
+        ["queue", "tag", sa.text("priority DESC"), "run_at", "id"],
+        postgresql_where=sa.text(f"state = '{QUEUED}' AND kind = '{MESSAGE}'"),
+    )
+    op.create_index(
+        f"ix_{table}_tasks",
+        table,
+        ["queue", sa.text("priority DESC"), "run_at", "id"],
+        postgresql_where=sa.text(f"state = '{QUEUED}' AND kind = '{TASK}'"),
+    )
+    op.create_index(
+        f"ix_{table}_leases",
+        table,
+        ["lease_expires_at"],
+        postgresql_where=sa.text(f"state = '{RUNNING}'"),
+    )
+    # A statement-level trigger sends one NOTIFY per distinct (queue, kind, tag) an
+    # INSERT adds, so a 1000-row enqueue_many costs one notification, not 1000.
+    function = _quote(op, f"{table}_notify")
+    op.execute(
+        f"""
+        CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{CHANNEL}', json_build_array(TG_TABLE_NAME, n.queue, n.kind, n.tag)::text)
+            FROM (SELECT DISTINCT queue, kind, tag FROM sa_pgtq_new
+                  WHERE state = '{QUEUED}' AND run_at <= now()) AS n;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        f"CREATE TRIGGER {_quote(op, f'{table}_notify')} AFTER INSERT ON {_quote(op, table)} "
+        f"REFERENCING NEW TABLE AS sa_pgtq_new FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+    )
+
+
+def _v1_down(op: Operations, table: str) -> None:
+    op.drop_table(table)  # drops its indexes and trigger with it
+    op.execute(f"DROP FUNCTION IF EXISTS {_quote(op, f'{table}_notify')}()")
+
+
+Step = Callable[[Operations, str], None]
+_STEPS: list[tuple[Step, Step]] = [(_v1_up, _v1_down)]
+
+#: The schema version the current code expects.
+LATEST = len(_STEPS)
+
+
+def upgrade(
+    op: Operations, *, to_version: int = LATEST, from_version: int = 0, table_name: str = DEFAULT_TABLE
+) -> None:
+    """Apply schema versions `from_version + 1` .. `to_version` to `table_name`."""
+    _check_range(from_version, to_version)
+    for up, _ in _STEPS[from_version:to_version]:
+        up(op, table_name)
+
+
+def downgrade(
+    op: Operations, *, to_version: int = 0, from_version: int = LATEST, table_name: str = DEFAULT_TABLE
+) -> None:
+    """Undo schema versions `from_version` .. `to_version + 1` of `table_name`."""
+    _check_range(to_version, from_version)
+    for _, down in reversed(_STEPS[to_version:from_version]):
+        down(op, table_name)
+
+
+def _check_range(low: int, high: int) -> None:
+    if not 0 <= low <= high <= LATEST:
+        raise ValueError(f"schema versions run from 0 to {LATEST}; got {low}..{high}")
+
+
+def create_all(connection: sa.Connection, table_name: str = DEFAULT_TABLE) -> bool:
+    """Create the queue table on `connection` unless it exists; True if it was created.
+
+    A transaction-scoped advisory lock makes concurrent callers (several test or
+    script processes starting together) wait for one another instead of racing.
+    """
+    connection.execute(
+        sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.bindparam("key", CHANNEL))))
+    )
+    if sa.inspect(connection).has_table(table_name):
+        return False
+    upgrade(Operations(MigrationContext.configure(connection)), table_name=table_name)
+    return True
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """An Alembic `include_object` hook that hides queue tables from autogenerate.
+
+    Use it in the host application's `env.py` (`context.configure(...,
+    include_object=sa_pgtq.schema.include_object)`) so that autogenerate never
+    proposes to drop or alter a queue table that sa_pgtq's own branch manages.
+    """
+    names = queue_table_names()
+    if type_ == "table":
+        return name not in names
+    table = getattr(obj, "table", None)
+    return getattr(table, "name", None) not in names
+
+
+def migration_table_name() -> str:
+    """The table a running Alembic revision targets: `-x sa_pgtq_table=NAME`, default `sa_pgtq_jobs`."""
+    from alembic import context  # only meaningful inside a running migration
+
+    return context.get_x_argument(as_dictionary=True).get("sa_pgtq_table", DEFAULT_TABLE)

@@ -1,0 +1,64 @@
+"""Test harness: a real PostgreSQL (configured URL or embedded), a private database per run."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+import sa_pgtq
+from sa_pgtq.testing import database_url
+
+DRIVERS = ("psycopg2", "psycopg")
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """libpq URI of the server under test."""
+    with database_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def db_url(server_url: str) -> Iterator[str]:
+    """A SQLAlchemy URL (psycopg2) of a database created for this run and dropped after it."""
+    base = make_url(server_url).set(drivername="postgresql+psycopg2")
+    name = f"sa_pgtq_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def engine_for(db_url: str, driver: str) -> Engine:
+    return create_engine(make_url(db_url).set(drivername=f"postgresql+{driver}"))
+
+
+@pytest.fixture(scope="session", params=DRIVERS)
+def engine(request: pytest.FixtureRequest, db_url: str) -> Iterator[Engine]:
+    eng = engine_for(db_url, request.param)
+    sa_pgtq.Queue(eng).create_table()
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def clean(engine: Engine) -> Engine:
+    """The engine, with an empty default queue table."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {sa_pgtq.Job.__tablename__} RESTART IDENTITY"))
+    return engine
+
+
+@pytest.fixture
+def q(clean: Engine) -> sa_pgtq.Queue:
+    return sa_pgtq.Queue(clean)
