@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from psycopg2.extensions import parse_dsn
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,13 +19,25 @@ def engine_from_url(url: str | URL) -> Engine:
     Bare `postgresql://` URIs (what libpq and q4pg users have) get the psycopg2
     driver; a URL that names a driver keeps it.
     """
-    if isinstance(url, str) and "://" not in url:
-        # A key=value DSN ("host=... dbname=..."): libpq parses it, SQLAlchemy passes it through.
-        return create_engine("postgresql+psycopg2://", connect_args={"dsn": url})
-    parsed = make_url(url)
+    parsed = dsn_to_url(url) if isinstance(url, str) and "://" not in url else make_url(url)
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return create_engine(parsed)
+
+
+def dsn_to_url(dsn: str) -> URL:
+    """A libpq key=value DSN ("host=... dbname=...") as a psycopg2 URL; libpq does the parsing."""
+    params = dict(parse_dsn(dsn))
+    port = params.pop("port", None)
+    return URL.create(
+        "postgresql+psycopg2",
+        username=params.pop("user", None),
+        password=params.pop("password", None),
+        host=params.pop("host", None),
+        port=int(port) if port else None,
+        database=params.pop("dbname", None),
+        query=params,
+    )
 
 
 class Binding:
@@ -45,10 +58,12 @@ class Binding:
 
     @contextmanager
     def transaction(self, session: Session | None) -> Iterator[Session]:
-        """The caller's session as it is (never committed here), or a new one committed on success."""
+        """The caller's session (flushed, never committed here), or a new one, committed."""
         if session is not None:
             if not isinstance(session, Session):
-                raise TypeError(f"session must be a sqlalchemy.orm.Session, got {type(session).__name__}")
+                raise TypeError(
+                    f"session must be a sqlalchemy.orm.Session, got {type(session).__name__}"
+                )
             session.flush()  # the caller's pending rows go first, as autoflush would
             yield session
             return

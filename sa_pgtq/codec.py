@@ -87,14 +87,18 @@ def check_schedule(run_at: object, delay: object) -> tuple[datetime | None, time
         if not isinstance(run_at, datetime):
             raise InvalidInputError(f"run_at must be a datetime, got {type(run_at).__name__}")
         if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise InvalidInputError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            raise InvalidInputError(
+                "run_at must be timezone-aware (e.g. datetime.now(timezone.utc))"
+            )
     if delay is not None:
         if isinstance(delay, (int, float)) and not isinstance(delay, bool):
             if not math.isfinite(delay):
                 raise InvalidInputError("delay must be finite")
             delay = timedelta(seconds=delay)
         if not isinstance(delay, timedelta):
-            raise InvalidInputError(f"delay must be a timedelta or seconds, got {type(delay).__name__}")
+            raise InvalidInputError(
+                f"delay must be a timedelta or seconds, got {type(delay).__name__}"
+            )
     return run_at, delay
 
 
@@ -102,12 +106,14 @@ def check_options(data_type: object, data_length: object, excepted_times_to_igno
     """Validate a queue's constructor options."""
     if data_type not in ("json", "text"):
         raise InvalidInputError(f"data_type must be 'json' or 'text', got {data_type!r}")
-    for name, value in (("data_length", data_length), ("excepted_times_to_ignore", excepted_times_to_ignore)):
+    for name, value in (
+        ("data_length", data_length),
+        ("excepted_times_to_ignore", excepted_times_to_ignore),
+    ):
         if value is None and name == "data_length":
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidInputError(f"{name} must be a non-negative int, got {value!r}")
-
 
 
 def describe_error(exc: BaseException, limit: int = 20_000) -> str:

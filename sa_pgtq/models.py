@@ -10,7 +10,7 @@ name, so several queue tables can share a database.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     TIMESTAMP,
@@ -50,7 +50,9 @@ def _table_args(table: str) -> tuple[Any, ...]:
     # Partial indexes keep the fetch paths proportional to what is runnable,
     # not to the failed or leased rows beside them.
     return (
-        CheckConstraint(f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"),
+        CheckConstraint(
+            f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"
+        ),
         CheckConstraint(f"kind IN ('{MESSAGE}', '{TASK}')", name=f"ck_{table}_kind"),
         Index(
             f"ix_{table}_messages",
@@ -80,7 +82,7 @@ def _table_args(table: str) -> tuple[Any, ...]:
 class JobMixin:
     """Columns, constraints and indexes of a queue table."""
 
-    __tablename__: ClassVar[str]
+    __tablename__: str
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     queue: Mapped[str] = mapped_column(Text)
@@ -90,7 +92,9 @@ class JobMixin:
     state: Mapped[str] = mapped_column(Text, server_default=QUEUED)
     priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        TIMESTAMP(timezone=True), server_default=func.now()
+    )
     run_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=func.now())
     lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     locked_by: Mapped[str | None] = mapped_column(Text)

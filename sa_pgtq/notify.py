@@ -73,6 +73,10 @@ class Listener:
     def _connect(self) -> None:
         pooled = self._engine.raw_connection()
         conn = pooled.driver_connection
+        if conn is None:
+            raise RuntimeError(
+                "the engine's pool returned a connection without a driver connection"
+            )
         pooled.detach()  # ours alone: closed, not returned, when we are done
         conn.autocommit = True
         conn.cursor().execute(LISTEN)
@@ -86,7 +90,9 @@ class Listener:
             payloads = [n.payload for n in conn.notifies if n.channel == CHANNEL]
             conn.notifies.clear()
             return payloads
-        return [n.payload for n in conn.notifies(timeout=timeout, stop_after=1) if n.channel == CHANNEL]
+        return [
+            n.payload for n in conn.notifies(timeout=timeout, stop_after=1) if n.channel == CHANNEL
+        ]
 
     def _matches(self, payload: str) -> bool:
         try:

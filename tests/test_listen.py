@@ -1,0 +1,86 @@
+"""listen: NOTIFY wake-up across processes, timeouts, and leaving the loop early."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+from sqlalchemy import Engine
+
+import sa_pgtq
+
+ENQUEUE_LATER = textwrap.dedent(
+    """
+    import sys, time
+    from sqlalchemy import create_engine
+    import sa_pgtq
+    q = sa_pgtq.Queue(create_engine(sys.argv[1]))
+    time.sleep(float(sys.argv[2]))
+    q.enqueue("wake-up", {"from": "another process"})
+    """
+)
+
+
+def test_listen_wakes_up_on_notify_from_another_process(clean: Engine) -> None:
+    # With a 30 s poll interval, only NOTIFY can deliver the job within the 10 s timeout.
+    q = sa_pgtq.Queue(clean, poll_interval=30)
+    url = clean.url.render_as_string(hide_password=False)
+    proc = subprocess.Popen([sys.executable, "-c", ENQUEUE_LATER, url, "1.0"])
+    try:
+        started = time.monotonic()
+        first = next(iter(q.listen("wake-up", timeout=10)))
+        elapsed = time.monotonic() - started
+    finally:
+        proc.wait(30)
+    assert first == {"from": "another process"}
+    assert elapsed < 8, f"woken after {elapsed:.1f}s: NOTIFY did not arrive"
+    assert q.count("wake-up") == 0 or q.count("wake-up") == 1  # removed once the next is asked for
+
+
+def test_listen_yields_none_after_the_timeout_and_keeps_listening(q: sa_pgtq.Queue) -> None:
+    stream = q.listen("quiet", timeout=0.2)
+    started = time.monotonic()
+    assert next(stream) is None
+    assert 0.15 < time.monotonic() - started < 3
+    q.enqueue("quiet", "now")
+    assert next(stream) == "now"
+    assert next(stream) is None
+    assert q.count("quiet") == 0, "asking for the next item committed the previous one"
+
+
+def test_listen_item_yields_jobs_in_order(q: sa_pgtq.Queue) -> None:
+    q.enqueue_many("t", [1, 2, 3])
+    stream = q.listen_item("t", timeout=0.2)
+    assert [next(stream).data for _ in range(3)] == [1, 2, 3]
+    assert next(stream) is None
+
+
+def test_leaving_the_loop_returns_the_current_item_untouched(q: sa_pgtq.Queue) -> None:
+    q.enqueue_many("t", ["a", "b"])
+    for data in q.listen("t", timeout=1):
+        assert data == "a"
+        break
+    (a, _b) = q.list("t")
+    assert (a.data, a.attempts) == ("a", 0)
+
+
+def test_a_scheduled_job_is_picked_up_when_due_without_notify(clean: Engine) -> None:
+    q = sa_pgtq.Queue(clean, poll_interval=30)
+    q.enqueue("later", "due", delay=0.5)
+    started = time.monotonic()
+    assert next(iter(q.listen("later", timeout=10))) == "due"
+    assert 0.4 < time.monotonic() - started < 5, "slept until run_at, not the poll interval"
+
+
+def test_listen_with_positional_session_q4pg_style(q: sa_pgtq.Queue, clean: Engine) -> None:
+    from sqlalchemy.orm import Session
+
+    q.enqueue("t", "x")
+    with Session(clean) as s:
+        stream = q.listen("t", s)
+        assert next(stream) == "x"
+        stream.close()
+        s.rollback()
+    assert q.count("t") == 1

@@ -1,0 +1,179 @@
+"""The Alembic chain, create_table() and the model describe one and the same schema."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
+
+import sa_pgtq
+from sa_pgtq.models import Base, JobMixin, job_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SNAPSHOT = """
+SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+       || CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL SELECT 'index', indexdef FROM pg_indexes WHERE tablename = :t
+UNION ALL SELECT 'constraint', conname || ' ' || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE conrelid = to_regclass(:t)
+UNION ALL SELECT 'trigger', pg_get_triggerdef(oid) FROM pg_trigger
+ WHERE tgrelid = to_regclass(:t) AND NOT tgisinternal
+UNION ALL SELECT 'function', pg_get_functiondef(oid) FROM pg_proc WHERE proname = :t || '_notify'
+ORDER BY 1, 2
+"""
+
+
+def snapshot(conn: Connection, table: str = "sa_pgtq_jobs") -> list[tuple[str, str]]:
+    return [(kind, item) for kind, item in conn.execute(text(SNAPSHOT), {"t": table})]
+
+
+@pytest.fixture
+def new_database(db_url: str) -> Iterator[Callable[[], str]]:
+    """Makes empty databases (dropped afterwards); returns their SQLAlchemy URLs."""
+    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"sa_pgtq_schema_{uuid.uuid4().hex[:10]}")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{names[-1]}"'))
+        return make_url(db_url).set(database=names[-1]).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def alembic(url: str, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url={url}", *args],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+    )
+
+
+def test_create_table_matches_the_migration_chain(new_database: Callable[[], str]) -> None:
+    migrated_url, created_url = new_database(), new_database()
+    alembic(migrated_url, "upgrade", "head")
+    assert sa_pgtq.Queue(created_url).create_table() is True
+    assert sa_pgtq.Queue(created_url).create_table() is False, "idempotent"
+    with create_engine(migrated_url).connect() as m, create_engine(created_url).connect() as c:
+        migrated = snapshot(m)
+        assert migrated == snapshot(c)
+    kinds = {kind for kind, _ in migrated}
+    assert kinds == {"column", "index", "constraint", "trigger", "function"}
+
+
+def test_migrations_go_down_and_up_again(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    alembic(url, "upgrade", "sa_pgtq@head")
+    engine = create_engine(url)
+    sa_pgtq.Queue(engine).enqueue("t", "survives nothing")
+    alembic(url, "downgrade", "base")
+    with engine.connect() as conn:
+        assert snapshot(conn) == []
+    alembic(url, "upgrade", "head")
+    q = sa_pgtq.Queue(engine)
+    q.enqueue("t", 1)
+    assert q.dequeue_immediate("t") == 1
+    engine.dispose()
+
+
+def test_the_model_matches_the_migrated_table(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    alembic(url, "upgrade", "head")
+    with create_engine(url).connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_a_custom_table_name_migrates_and_works(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    alembic(url, "-x", "sa_pgtq_table=app_jobs", "upgrade", "head")
+    q = sa_pgtq.Queue(url, table_name="app_jobs")
+    assert q.create_table() is False, "the migration made it already"
+    q.enqueue("t", "in app_jobs")
+    assert next(iter(q.listen("t", timeout=2))) == "in app_jobs"
+    with create_engine(url).connect() as conn:
+        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 4
+
+
+def test_host_autogenerate_ignores_the_queue_table(new_database: Callable[[], str]) -> None:
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    url = new_database()
+    sa_pgtq.Queue(url).create_table()
+    app_metadata = MetaData()
+    Table("orders", app_metadata, Column("id", Integer, primary_key=True))
+    with create_engine(url).connect() as conn:
+        plain = compare_metadata(MigrationContext.configure(conn), app_metadata)
+        hooked = compare_metadata(
+            MigrationContext.configure(
+                conn, opts={"include_object": sa_pgtq.schema.include_object}
+            ),
+            app_metadata,
+        )
+    assert ("remove_table", "sa_pgtq_jobs") in [
+        (d[0], d[1].name) for d in plain if d[0] == "remove_table"
+    ]
+    assert [d[0] for d in hooked] == ["add_table"], "only the app's own table, never the queue's"
+
+
+def test_a_mixin_model_on_the_apps_own_base(new_database: Callable[[], str]) -> None:
+    from sqlalchemy.orm import DeclarativeBase
+
+    class AppBase(DeclarativeBase):
+        pass
+
+    class AppJob(JobMixin, AppBase):
+        __tablename__ = f"mixin_jobs_{uuid.uuid4().hex[:6]}"
+
+    url = new_database()
+    q = sa_pgtq.Queue(url, model=AppJob)
+    q.create_table()
+    q.enqueue("t", 1)
+    job = q.dequeue_item_immediate("t")
+    assert isinstance(job, AppJob)
+    with create_engine(url).connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), AppBase.metadata) == []
+
+
+def test_queue_manager_takes_q4pg_arguments(db_url: str) -> None:
+    url = make_url(db_url)
+    host = url.query.get("host") or url.host or "localhost"
+    parts = {
+        "host": host,
+        "port": url.port,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+    }
+    dsn = " ".join(f"{k}={v}" for k, v in parts.items() if v)
+    qm = sa_pgtq.QueueManager(dsn=dsn, table_name="q4pg_jobs", data_type="jsonb", data_length=50)
+    qm.create_table()
+    qm.enqueue("t", {"k": "v"})
+    with qm.dequeue("t") as data:
+        assert data == {"k": "v"}
+    with pytest.raises(sa_pgtq.errors.DataTooLongError):
+        qm.enqueue("t", "x" * 51)
+    assert job_model("q4pg_jobs").__tablename__ == "q4pg_jobs"
