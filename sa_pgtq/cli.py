@@ -1,16 +1,29 @@
-"""The `sa-pgtq` command."""
+"""The `sa-pgtq` command: `sa-pgtq worker module:queue` and `sa-pgtq demo`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from .queue import Queue
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sa-pgtq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run a queue's tasks until SIGTERM/SIGINT")
+    worker.add_argument("queue", help="where the Queue lives, as module:attribute (myapp.tasks:q)")
+    worker.add_argument("--concurrency", type=int, default=1, help="threads running tasks")
+    worker.add_argument("--burst", action="store_true", help="exit once nothing is due")
+    worker.add_argument("--batch-size", type=int, default=100, help="most tasks claimed at once")
+    worker.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
+    worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
     demo = commands.add_parser("demo", help="show jobs committing with the application's rows")
     demo.add_argument(
         "--url",
@@ -20,9 +33,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_queue(path: str) -> Queue:
+    """Import `module:attribute` (the current directory is importable, as with `python -m`)."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"sa-pgtq: expected module:attribute, got {path!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    target: object = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    if not isinstance(target, Queue):
+        raise SystemExit(f"sa-pgtq: {path} is a {type(target).__name__}, not a sa_pgtq.Queue")
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "demo":
+    if args.command == "worker":
+        from .execution import DEFAULT_LEASE
+        from .worker import Worker
+
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+        queue = load_queue(args.queue)
+        Worker(
+            queue,
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            lease=args.lease or DEFAULT_LEASE,
+        ).run(burst=args.burst)
+    elif args.command == "demo":
         from . import demo
 
         demo.run(args.url)

@@ -50,3 +50,11 @@ class UnknownHandlerError(SaPgtqError, LookupError):
 
 class NoWorkerContextError(SaPgtqError, RuntimeError):
     """`current_session()` / `current_job()` was called outside a running job."""
+
+
+class TaskArgumentsError(SaPgtqError, TypeError):
+    """Arguments pushed for a handler do not fit its signature."""
+
+
+class WorkerLostError(SaPgtqError, RuntimeError):
+    """A task's last allowed try never finished: its worker died or lost the lease."""

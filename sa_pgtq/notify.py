@@ -24,6 +24,11 @@ from .sql import LISTEN, PING
 log = logging.getLogger(__name__)
 
 
+def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:
+    """The payload the INSERT trigger sends, for wake-ups sent from Python."""
+    return json.dumps([table, queue, kind, tag])
+
+
 class Listener:
     def __init__(self, engine: Engine, table: str, queue: str, kind: str, tag: str | None) -> None:
         self._engine = engine

@@ -8,8 +8,9 @@ own session from the engine's pool and commits.
 
 from __future__ import annotations
 
+import builtins
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,9 +21,11 @@ from sqlalchemy.orm import Session
 from . import codec, schema
 from .binding import Bind, Binding
 from .errors import InvalidInputError
+from .execution import DEFAULT_LEASE, claim
 from .models import DEFAULT_TABLE, MESSAGE, JobMixin, job_model
-from .notify import Listener
+from .notify import Listener, notify_payload
 from .sql import Statements
+from .tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, Handler, P, R, Registry, Task
 
 _DEFAULT_POLL_INTERVAL = 5.0
 
@@ -66,6 +69,7 @@ class Queue:
         self.model: type[JobMixin] = model or job_model(table_name or DEFAULT_TABLE)
         self.binding = Binding(bind)
         self.sql = Statements(self.model)
+        self.tasks = Registry(self)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} on {self.model.__tablename__!r}>"
@@ -130,7 +134,7 @@ class Queue:
         """Validated parameters shared by every INSERT (all checks before any write)."""
         run_at, delay = codec.check_schedule(run_at, delay)
         return {
-            "queue": self.name,
+            "queue_name": self.name,
             "kind": kind,
             "tag": codec.check_name(tag),
             "priority": codec.check_priority(priority),
@@ -303,13 +307,63 @@ class Queue:
 
     def cancel(self, job_id: int, session: Session | None = None) -> bool:
         """Delete a waiting or failed job of this queue; False if absent or being worked on."""
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise InvalidInputError(f"job_id must be an int, got {type(job_id).__name__}")
+        params = {"job_id": _job_id(job_id), "queue_name": self.name}
         with self.binding.transaction(session) as s:
-            return (
-                s.execute(self.sql.cancel, {"job_id": job_id, "queue": self.name}).first()
-                is not None
-            )
+            return s.execute(self.sql.cancel, params).first() is not None
+
+    # -- task layer ----------------------------------------------------------
+
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+    ) -> Callable[[Callable[P, R]], Handler[P, R]]:
+        """Register a function as a task handler (name defaults to the function's name).
+
+        A failing task is retried after `retry_delay` seconds, doubling per attempt
+        (with jitter), until it has been tried `max_attempts` times; then it is kept
+        as `failed` with its error.
+        """
+        return self.tasks.decorator(name, max_attempts, retry_delay)
+
+    def pop(self, session: Session | None = None) -> Task | None:
+        """Claim the next due task under a lease; run it with `task.run()`.
+
+        A popped task that is never run is not lost: once its lease expires a
+        worker takes it over.
+        """
+        claimed = claim(self, 1, DEFAULT_LEASE, session)
+        return claimed[0] if claimed else None
+
+    def failed(
+        self, tag: str | None = None, session: Session | None = None
+    ) -> builtins.list[JobMixin]:
+        """Jobs (tasks or messages) kept as `failed`, oldest first; `tag` narrows by tag/handler."""
+        params = {"queue_name": self.name, "tag": None if tag is None else codec.check_name(tag)}
+        with self.binding.transaction(session) as s:
+            return list(s.scalars(self.sql.list_failed, params))
+
+    def requeue_failed(
+        self, job_ids: Iterable[int] | None = None, session: Session | None = None
+    ) -> int:
+        """Queue failed jobs again with fresh attempts (all of this queue's, or just `job_ids`)."""
+        ids = None if job_ids is None else [_job_id(i) for i in job_ids]
+        with self.binding.transaction(session) as s:
+            requeued = s.execute(
+                self.sql.requeue_failed, {"queue_name": self.name, "ids": ids}
+            ).all()
+            for kind, tag in {tuple(row) for row in requeued}:
+                payload = notify_payload(self.table_name, self.name, kind, tag)
+                s.execute(self.sql.notify, {"payload": payload})
+        return len(requeued)
 
     def _tag_params(self, tag: str) -> dict[str, Any]:
-        return {"queue": self.name, "tag": codec.check_name(tag)}
+        return {"queue_name": self.name, "tag": codec.check_name(tag)}
+
+
+def _job_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"a job id must be an int, got {type(value).__name__}")
+    return value

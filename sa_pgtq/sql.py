@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     TIMESTAMP,
+    BigInteger,
     ColumnElement,
     Delete,
     Interval,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Text,
     Update,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -24,14 +26,15 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert
+from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
-from .models import FAILED, MESSAGE, QUEUED, JobMixin
+from .models import FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
 from .schema import CHANNEL
 
 
@@ -63,7 +66,7 @@ class Statements:
         self.table = table
         self.dequeue_order = (c.priority.desc(), c.run_at, c.id)
 
-        queue = bindparam("queue", type_=Text)
+        queue = bindparam("queue_name", type_=Text)
         tag = bindparam("tag", type_=Text)
         kind = bindparam("kind", type_=Text)
         waiting_messages = and_(
@@ -71,7 +74,7 @@ class Statements:
         )
         ready_messages = and_(waiting_messages, c.run_at <= func.now())
 
-        #: queue, kind, tag, data (JSON text), priority, run_at, delay -> id
+        #: queue_name, kind, tag, data (JSON text), priority, run_at, delay -> id
         self.insert_one: ReturningInsert[Any] = (
             insert(table)
             .values(
@@ -91,7 +94,7 @@ class Statements:
             .table_valued("d", with_ordinality="n")
             .render_derived()
         )
-        #: queue, kind, tag, datas (list of JSON text), priority, run_at, delay -> ids in order
+        #: queue_name, kind, tag, datas (list of JSON text), priority, run_at, delay -> ids in order
         self.insert_many: ReturningInsert[Any] = (
             insert(table)
             .from_select(
@@ -108,7 +111,7 @@ class Statements:
             .returning(c.id)
         )
 
-        #: queue, tag -> (id, data) of the next ready message, row-locked (SKIP LOCKED)
+        #: queue_name, tag -> (id, data) of the next ready message, row-locked (SKIP LOCKED)
         self.lock_next_message: Select[Any] = (
             select(c.id, c.data)
             .where(ready_messages)
@@ -116,7 +119,7 @@ class Statements:
             .limit(1)
             .with_for_update(skip_locked=True)
         )
-        #: queue, tag -> the same row as an ORM entity
+        #: queue_name, tag -> the same row as an ORM entity
         self.lock_next_message_item: Select[Any] = (
             select(model)
             .where(ready_messages)
@@ -132,11 +135,11 @@ class Statements:
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        #: queue, tag -> (data,) of the message removed at once
+        #: queue_name, tag -> (data,) of the message removed at once
         self.take_next_message: ReturningDelete[Any] = (
             delete(table).where(c.id == next_message_id).returning(c.data)
         )
-        #: queue, tag -> the removed message as an ORM entity
+        #: queue_name, tag -> the removed message as an ORM entity
         self.take_next_message_item: ReturningDelete[Any] = (
             delete(model).where(model.id == next_message_id).returning(model)
         )
@@ -162,15 +165,15 @@ class Statements:
                 ),
             )
         )
-        #: queue, tag -> number of waiting messages
+        #: queue_name, tag -> number of waiting messages
         self.count_messages: Select[Any] = (
             select(func.count()).select_from(table).where(waiting_messages)
         )
-        #: queue, tag -> waiting messages in dequeue order
+        #: queue_name, tag -> waiting messages in dequeue order
         self.list_messages: Select[Any] = (
             select(model).where(waiting_messages).order_by(*self.dequeue_order)
         )
-        #: queue, tag -> seconds until the earliest waiting message is due (None: there is none).
+        #: queue_name, tag -> seconds until the earliest waiting message is due (None: none).
         #: The server's clock decides, so client clock skew cannot delay a job.
         self.seconds_until_next_message: Select[Any] = select(
             func.extract("epoch", func.min(c.run_at) - func.clock_timestamp())
@@ -191,8 +194,105 @@ class Statements:
             )
             .returning(c.id)
         )
+        self._task_statements(model)
+
         #: payload -> wake listeners (the trigger does this for INSERTs)
         self.notify: Select[Any] = select(func.pg_notify(CHANNEL, bindparam("payload", type_=Text)))
+
+    def _task_statements(self, model: type[JobMixin]) -> None:
+        table, c = self.table, self.table.c
+        queue = bindparam("queue_name", type_=Text)
+        token = bindparam("token", type_=Text)
+        ids = bindparam("ids", type_=ARRAY(BigInteger))
+        lease_end = func.clock_timestamp() + bindparam("lease", type_=Interval)
+        waiting_tasks = and_(c.queue == queue, c.kind == const(TASK), c.state == const(QUEUED))
+        mine = and_(c.id == any_(ids), c.locked_by == token, c.state == const(RUNNING))
+        released = {"locked_by": None, "lease_expires_at": None}
+
+        #: queue_name, limit, token, lease -> the claimed tasks, now `running` under the lease.
+        #: `attempts` counts tries started, so a job that kills its workers still runs out.
+        self.claim_tasks: ReturningUpdate[Any] = (
+            update(table)
+            .where(
+                c.id.in_(
+                    select(c.id)
+                    .where(waiting_tasks, c.run_at <= func.now())
+                    .order_by(*self.dequeue_order)
+                    .limit(bindparam("limit"))
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .values(
+                state=const(RUNNING),
+                attempts=c.attempts + 1,
+                locked_by=token,
+                lease_expires_at=lease_end,
+            )
+            .returning(c.id, c.tag, c.data, c.attempts, c.priority, c.run_at)
+        )
+        #: ids, token -> ids of finished tasks removed (a task whose lease was lost is kept)
+        self.ack_tasks: ReturningDelete[Any] = delete(table).where(mine).returning(c.id)
+        #: job_id, token, state (queued or failed), delay, error -> id if still held
+        self.retry_task: ReturningUpdate[Any] = (
+            update(table)
+            .where(c.id == bindparam("job_id"), c.locked_by == token, c.state == const(RUNNING))
+            .values(
+                state=bindparam("state", type_=Text),
+                run_at=func.clock_timestamp() + bindparam("delay", type_=Interval),
+                last_error=bindparam("error", type_=Text),
+                **released,
+            )
+            .returning(c.id)
+        )
+        #: ids, token -> put back claimed tasks that never started (graceful shutdown)
+        self.release_tasks: Update = (
+            update(table)
+            .where(mine)
+            .values(state=const(QUEUED), attempts=c.attempts - 1, **released)
+        )
+        #: ids, token, lease -> ids whose lease was extended (the rest were lost)
+        self.heartbeat: ReturningUpdate[Any] = (
+            update(table).where(mine).values(lease_expires_at=lease_end).returning(c.id)
+        )
+        #: queue_name -> tasks whose worker stopped renewing its lease, queued again
+        self.rescue_expired: ReturningUpdate[Any] = (
+            update(table)
+            .where(
+                c.state == const(RUNNING),
+                c.lease_expires_at < func.clock_timestamp(),
+                c.queue == queue,
+            )
+            .values(
+                state=const(QUEUED),
+                run_at=func.clock_timestamp(),
+                last_error=literal("lease expired: the worker stopped renewing it"),
+                **released,
+            )
+            .returning(c.id)
+        )
+        #: queue_name -> seconds until the earliest waiting task is due (None: there is none)
+        self.seconds_until_next_task: Select[Any] = select(
+            func.extract("epoch", func.min(c.run_at) - func.clock_timestamp())
+        ).where(waiting_tasks)
+        #: queue_name, tag (None: any) -> failed jobs, oldest first
+        self.list_failed: Select[Any] = (
+            select(model)
+            .where(
+                c.queue == queue,
+                c.state == const(FAILED),
+                or_(bindparam("tag", type_=Text).is_(None), c.tag == bindparam("tag")),
+            )
+            .order_by(c.id)
+        )
+        #: queue_name, ids (None: all) -> (kind, tag) of failed jobs requeued with fresh attempts
+        self.requeue_failed: ReturningUpdate[Any] = (
+            update(table)
+            .where(
+                c.queue == queue, c.state == const(FAILED), or_(ids.is_(None), c.id == any_(ids))
+            )
+            .values(state=const(QUEUED), attempts=0, run_at=func.now())
+            .returning(c.kind, c.tag)
+        )
 
 
 #: The fixed channel is sa_pgtq's own constant; LISTEN cannot take a bound parameter.
