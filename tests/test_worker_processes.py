@@ -1,0 +1,128 @@
+"""Real worker processes started with the `sa-pgtq worker` CLI."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def workerapp(db_url: str) -> Iterator[ModuleType]:
+    """The app module, imported here (to push) as the workers import it (to run)."""
+    os.environ["SA_PGTQ_WORKER_URL"] = db_url  # inherited by the worker processes
+    sys.path.insert(0, str(HERE))
+    try:
+        yield importlib.import_module("workerapp")
+    finally:
+        sys.path.remove(str(HERE))
+
+
+@pytest.fixture
+def app(workerapp: ModuleType) -> Engine:
+    engine: Engine = workerapp.engine
+    workerapp.q.create_table()
+    with engine.begin() as conn:
+        workerapp.metadata.drop_all(conn)
+        workerapp.metadata.create_all(conn)
+        conn.execute(text("TRUNCATE sa_pgtq_jobs"))
+    return engine
+
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "sa_pgtq.cli", "worker", "workerapp:q", *options]
+        procs.append(subprocess.Popen(command, cwd=HERE, stdout=log, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def count(engine: Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting after {seconds}s")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_four_workers_run_each_of_thousands_of_jobs_exactly_once(
+    workerapp: ModuleType, app: Engine, spawn: Spawn
+) -> None:
+    n = 4000
+    workerapp.record.push_many([(i,) for i in range(n)])
+    workers = [spawn("--burst", "--batch-size", "50") for _ in range(4)]
+    for worker in workers:
+        assert worker.wait(120) == 0
+    with app.connect() as conn:
+        done = conn.execute(
+            select(func.count(), func.count(workerapp.effects.c.n.distinct()))
+        ).one()
+    assert tuple(done) == (n, n), "every job ran, and none twice"
+    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs") == 0
+
+
+@pytest.mark.slow
+def test_a_job_survives_its_worker_being_killed(
+    workerapp: ModuleType, app: Engine, spawn: Spawn
+) -> None:
+    workerapp.slow.push(1, 3.0)
+    doomed = spawn("--lease", "1")
+    wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    assert count(app, "SELECT count(*) FROM proc_effects") == 0
+    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'running'") == 1
+
+    rescuer = spawn("--lease", "1")
+    wait_for(lambda: count(app, "SELECT count(*) FROM proc_effects") == 1, 30)
+    rescuer.send_signal(signal.SIGTERM)
+    assert rescuer.wait(20) == 0
+    assert count(app, "SELECT count(*) FROM proc_effects") == 1, "completed exactly once"
+    assert count(app, "SELECT count(DISTINCT pid) FROM proc_started") == 2
+    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs") == 0
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_current_job_then_exits_zero(
+    workerapp: ModuleType, app: Engine, spawn: Spawn
+) -> None:
+    workerapp.slow.push(2, 1.5)
+    workerapp.slow.push(3, 0.1)
+    worker = spawn()
+    wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    with app.connect() as conn:
+        assert conn.execute(select(workerapp.effects.c.n)).scalars().all() == [2]
+    left = count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'queued' AND attempts = 0")
+    assert left == 1, "the next job was not started and goes back untouched"
+    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs") == 1

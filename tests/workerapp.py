@@ -1,0 +1,31 @@
+"""A tiny application whose queue the multi-process tests run with `sa-pgtq worker`."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine
+
+import sa_pgtq
+
+engine = create_engine(os.environ["SA_PGTQ_WORKER_URL"])
+q = sa_pgtq.Queue(engine, name="procs", poll_interval=0.5)
+
+metadata = MetaData()
+effects = Table("proc_effects", metadata, Column("n", Integer), Column("pid", Integer))
+started = Table("proc_started", metadata, Column("n", Integer), Column("pid", Integer))
+
+
+@q.handler()
+def record(n: int) -> None:
+    """The effect commits with the job's completion: exactly once per job."""
+    sa_pgtq.current_session().execute(effects.insert().values(n=n, pid=os.getpid()))
+
+
+@q.handler()
+def slow(n: int, seconds: float) -> None:
+    with engine.begin() as conn:  # visible at once, so a test knows the job is running
+        conn.execute(started.insert().values(n=n, pid=os.getpid()))
+    time.sleep(seconds)
+    sa_pgtq.current_session().execute(effects.insert().values(n=n, pid=os.getpid()))
