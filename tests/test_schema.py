@@ -177,3 +177,70 @@ def test_queue_manager_takes_q4pg_arguments(db_url: str) -> None:
     with pytest.raises(sa_pgtq.errors.DataTooLongError):
         qm.enqueue("t", "x" * 51)
     assert job_model("q4pg_jobs").__tablename__ == "q4pg_jobs"
+
+
+HOST_ENV = """
+from alembic import context
+from sqlalchemy import create_engine
+import sa_pgtq
+
+engine = create_engine(context.get_x_argument(as_dictionary=True)["url"])
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=None,
+                      include_object=sa_pgtq.schema.include_object)
+    context.run_migrations()
+"""
+
+HOST_REVISION = """
+from alembic import op
+import sqlalchemy as sa
+
+revision = "host_0001"
+down_revision = None
+branch_labels = ("host",)
+depends_on = None
+
+
+def upgrade():
+    op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("orders")
+"""
+
+
+def test_a_host_app_runs_the_branch_from_the_installed_package(
+    new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    (tmp_path / "migrations" / "versions").mkdir(parents=True)
+    (tmp_path / "migrations" / "env.py").write_text(HOST_ENV)
+    (tmp_path / "migrations" / "versions" / "host_0001.py").write_text(HOST_REVISION)
+    (tmp_path / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\n"
+        "version_locations = %(here)s/migrations/versions sa_pgtq.migrations:versions\n"
+    )
+    url = new_database()
+
+    def host_alembic(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "alembic", "-x", f"url={url}", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout
+
+    host_alembic("upgrade", "sa_pgtq@head")
+    host_alembic("upgrade", "heads")
+    assert {"host_0001 (head)", "sa_pgtq_0001 (head)"} <= set(
+        line.split(" (effective")[0] for line in host_alembic("current").split("\n") if line
+    )
+    sa_pgtq.Queue(url).enqueue("t", "queued in the host's database")
+    with create_engine(url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM orders")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM sa_pgtq_jobs")).scalar_one() == 1
+    host_alembic("downgrade", "sa_pgtq@base")
+    with create_engine(url).connect() as conn:
+        assert snapshot(conn) == []
