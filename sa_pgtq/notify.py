@@ -14,7 +14,7 @@ import json
 import logging
 import select
 import time
-from typing import Any
+from typing import Any, SupportsFloat
 
 from sqlalchemy import Engine
 
@@ -22,6 +22,13 @@ from .schema import CHANNEL
 from .sql import LISTEN, PING
 
 log = logging.getLogger(__name__)
+
+
+def idle_wait(seconds_until_due: SupportsFloat | None, poll_interval: float) -> float:
+    """How long to wait for a NOTIFY: until the next scheduled job, at most `poll_interval`."""
+    if seconds_until_due is None:
+        return poll_interval
+    return min(max(float(seconds_until_due), 0.0), poll_interval)
 
 
 def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:

@@ -23,7 +23,7 @@ from .binding import Bind, Binding
 from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, claim
 from .models import DEFAULT_TABLE, MESSAGE, JobMixin, job_model
-from .notify import Listener, notify_payload
+from .notify import Listener, idle_wait, notify_payload
 from .sql import Statements
 from .tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, Handler, P, R, Registry, Task
 
@@ -291,7 +291,7 @@ class Queue:
         """How long to sleep: until the next scheduled message, at most `poll_interval`."""
         with self.binding.transaction(session) as s:
             due = s.execute(self.sql.seconds_until_next_message, params).scalar()
-        return self.poll_interval if due is None else min(max(float(due), 0.0), self.poll_interval)
+        return idle_wait(due, self.poll_interval)
 
     # -- inspect and cancel --------------------------------------------------
 

@@ -56,6 +56,13 @@ def _run_at() -> ColumnElement[Any]:
     )
 
 
+def _seconds_until_due(table: Any, waiting: ColumnElement[bool]) -> Select[Any]:
+    # The server's clock decides, so client clock skew cannot delay a job.
+    return select(func.extract("epoch", func.min(table.c.run_at) - func.clock_timestamp())).where(
+        waiting
+    )
+
+
 class Statements:
     """The statements of one queue table. Parameters are named in each docstring."""
 
@@ -173,11 +180,8 @@ class Statements:
         self.list_messages: Select[Any] = (
             select(model).where(waiting_messages).order_by(*self.dequeue_order)
         )
-        #: queue_name, tag -> seconds until the earliest waiting message is due (None: none).
-        #: The server's clock decides, so client clock skew cannot delay a job.
-        self.seconds_until_next_message: Select[Any] = select(
-            func.extract("epoch", func.min(c.run_at) - func.clock_timestamp())
-        ).where(waiting_messages)
+        #: queue_name, tag -> seconds until the earliest waiting message is due (None: none)
+        self.seconds_until_next_message = _seconds_until_due(table, waiting_messages)
         #: job_id, queue -> id if a waiting or failed job was deleted; a locked one is skipped
         self.cancel: ReturningDelete[Any] = (
             delete(table)
@@ -271,9 +275,7 @@ class Statements:
             .returning(c.id)
         )
         #: queue_name -> seconds until the earliest waiting task is due (None: there is none)
-        self.seconds_until_next_task: Select[Any] = select(
-            func.extract("epoch", func.min(c.run_at) - func.clock_timestamp())
-        ).where(waiting_tasks)
+        self.seconds_until_next_task = _seconds_until_due(table, waiting_tasks)
         #: queue_name, tag (None: any) -> failed jobs, oldest first
         self.list_failed: Select[Any] = (
             select(model)

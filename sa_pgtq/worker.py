@@ -28,7 +28,7 @@ from . import codec
 from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, acknowledge, claim, execute
 from .models import TASK
-from .notify import Listener, notify_payload
+from .notify import Listener, idle_wait, notify_payload
 from .queue import Queue
 from .tasks import Task
 
@@ -201,8 +201,9 @@ class Worker:
             due = s.execute(
                 self.queue.sql.seconds_until_next_task, {"queue_name": self.queue.name}
             ).scalar()
-        wait = self.poll_interval if due is None else min(max(float(due), 0.0), self.poll_interval)
-        return min(wait, self.lease / 2)  # wake in time to rescue expired leases
+        return min(
+            idle_wait(due, self.poll_interval), self.lease / 2
+        )  # wake in time to rescue expired leases
 
     def _rescue_expired(self) -> None:
         """Requeue tasks whose worker stopped renewing their lease (one thread at a time)."""
