@@ -19,7 +19,7 @@ from typing import Any, SupportsFloat
 from sqlalchemy import Engine
 
 from .schema import CHANNEL
-from .sql import LISTEN, PING
+from .sql import LISTEN, NAME_LISTENER, PING
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class Listener:
             )
         pooled.detach()  # ours alone: closed, not returned, when we are done
         conn.autocommit = True
-        conn.cursor().execute(LISTEN)
+        cursor = conn.cursor()
+        cursor.execute(NAME_LISTENER)
+        cursor.execute(LISTEN)
         self._conn = conn
 
     def _receive(self, timeout: float) -> list[str]:

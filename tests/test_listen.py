@@ -84,3 +84,29 @@ def test_listen_with_positional_session_q4pg_style(q: sa_pgtq.Queue, clean: Engi
         stream.close()
         s.rollback()
     assert q.count("t") == 1
+
+
+def test_a_dead_listen_connection_is_noticed_and_replaced(clean: Engine) -> None:
+    # The server ends the LISTEN backend (as a failover or an idle-killer would); the
+    # listener must notice, reconnect, and be woken by NOTIFY again (polling is 30 s).
+    import threading
+
+    from sqlalchemy import text
+
+    listeners = text(
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'sa_pgtq listener'"
+    )
+    q = sa_pgtq.Queue(clean, poll_interval=30)
+    stream = q.listen("t", timeout=1)
+    assert next(stream) is None
+    with clean.connect() as conn:
+        (old,) = conn.execute(listeners).scalars().all()
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": old})
+    assert next(stream) is None  # survives the loss...
+    assert next(stream) is None  # ...and reconnects while waiting
+    with clean.connect() as conn:
+        (new,) = conn.execute(listeners).scalars().all()
+    assert new != old
+    threading.Timer(0.2, q.enqueue, ("t", "woken by NOTIFY")).start()
+    assert next(stream) == "woken by NOTIFY"

@@ -1,0 +1,102 @@
+"""Fuzzed payloads and tags: they round-trip exactly, or are rejected with nothing written."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+import sa_pgtq
+from sa_pgtq import errors
+
+# JSON-ish values including the awkward parts: NaN/inf, NUL, lone surrogates, huge ints.
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()
+)
+payloads = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+tags = st.text(max_size=300)
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def jobs_in_table(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM sa_pgtq_jobs")).scalar_one())
+
+
+def normalised(value: object) -> object:
+    """What JSON can give back: tuples are lists, keys are strings, -0.0 may be 0."""
+    if isinstance(value, dict):
+        return {str(k): normalised(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalised(v) for v in value]
+    return value
+
+
+@FUZZ
+@given(data=payloads, tag=tags)
+def test_payloads_and_tags_round_trip_or_are_rejected(
+    q: sa_pgtq.Queue, data: object, tag: str
+) -> None:
+    before = jobs_in_table(q.binding.engine)
+    try:
+        job_id = q.enqueue(tag, data)
+    except (errors.InvalidDataError, errors.InvalidTagError):
+        assert jobs_in_table(q.binding.engine) == before, "a rejected job must leave no row"
+        return
+    job = q.dequeue_item_immediate(tag)
+    assert job is not None and job.id == job_id and job.tag == tag
+    assert_same_json(job.data, normalised(data))
+
+
+def assert_same_json(got: object, expected: object) -> None:
+    if isinstance(expected, float):
+        assert isinstance(got, (int, float)) and not isinstance(got, bool)
+        assert math.isclose(got, expected, rel_tol=1e-15, abs_tol=0.0) or got == expected
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert_same_json(g, e)
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for key in expected:
+            assert_same_json(got[key], expected[key])
+    else:
+        assert got == expected and type(got) is type(expected)
+
+
+@FUZZ
+@given(datas=st.lists(payloads, min_size=1, max_size=5), tag=tags)
+def test_a_batch_is_stored_whole_or_not_at_all(
+    q: sa_pgtq.Queue, datas: list[object], tag: str
+) -> None:
+    before = jobs_in_table(q.binding.engine)
+    try:
+        ids = q.enqueue_many(tag, datas)
+    except (errors.InvalidDataError, errors.InvalidTagError):
+        assert jobs_in_table(q.binding.engine) == before
+        return
+    assert len(ids) == len(datas)
+    assert [q.dequeue_immediate(tag) is not None or d is None for d in datas] == [True] * len(datas)
+
+
+@pytest.mark.parametrize("bad", [math.nan, -math.inf, {"k": [1, math.inf]}])
+def test_non_standard_json_numbers_are_rejected(q: sa_pgtq.Queue, bad: object) -> None:
+    with pytest.raises(errors.DataNotSerializableError):
+        q.enqueue("t", bad)
+    assert jobs_in_table(q.binding.engine) == 0
