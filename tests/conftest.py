@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -62,3 +66,43 @@ def clean(engine: Engine) -> Engine:
 @pytest.fixture
 def q(clean: Engine) -> sa_pgtq.Queue:
     return sa_pgtq.Queue(clean)
+
+
+# -- worker processes ---------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Starts `sa-pgtq worker workerapp:q` on a database URL; kills leftovers afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str, *options: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "sa_pgtq.cli", "worker", "workerapp:q", *options]
+        env = {**os.environ, "SA_PGTQ_WORKER_URL": url}
+        procs.append(
+            subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def count(engine: Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting after {seconds}s")
+        time.sleep(0.05)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import Spawn, count, wait_for
 from sqlalchemy import Engine, func, select, text
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # workerapp.py lives here
 
 
 @pytest.fixture(scope="module")
@@ -40,46 +39,13 @@ def app(workerapp: ModuleType) -> Engine:
     return engine
 
 
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*options: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
-        command = [sys.executable, "-m", "sa_pgtq.cli", "worker", "workerapp:q", *options]
-        procs.append(subprocess.Popen(command, cwd=HERE, stdout=log, stderr=subprocess.STDOUT))
-        return procs[-1]
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def count(engine: Engine, sql: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(sql)).scalar_one())
-
-
-def wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting after {seconds}s")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_four_workers_run_each_of_thousands_of_jobs_exactly_once(
-    workerapp: ModuleType, app: Engine, spawn: Spawn
+    workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str
 ) -> None:
     n = 4000
     workerapp.record.push_many([(i,) for i in range(n)])
-    workers = [spawn("--burst", "--batch-size", "50") for _ in range(4)]
+    workers = [spawn(db_url, "--burst", "--batch-size", "50") for _ in range(4)]
     for worker in workers:
         assert worker.wait(120) == 0
     with app.connect() as conn:
@@ -92,17 +58,17 @@ def test_four_workers_run_each_of_thousands_of_jobs_exactly_once(
 
 @pytest.mark.slow
 def test_a_job_survives_its_worker_being_killed(
-    workerapp: ModuleType, app: Engine, spawn: Spawn
+    workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str
 ) -> None:
     workerapp.slow.push(1, 3.0)
-    doomed = spawn("--lease", "1")
+    doomed = spawn(db_url, "--lease", "1")
     wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
     assert count(app, "SELECT count(*) FROM proc_effects") == 0
     assert count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'running'") == 1
 
-    rescuer = spawn("--lease", "1")
+    rescuer = spawn(db_url, "--lease", "1")
     wait_for(lambda: count(app, "SELECT count(*) FROM proc_effects") == 1, 30)
     rescuer.send_signal(signal.SIGTERM)
     assert rescuer.wait(20) == 0
@@ -113,11 +79,11 @@ def test_a_job_survives_its_worker_being_killed(
 
 @pytest.mark.slow
 def test_sigterm_finishes_the_current_job_then_exits_zero(
-    workerapp: ModuleType, app: Engine, spawn: Spawn
+    workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str
 ) -> None:
     workerapp.slow.push(2, 1.5)
     workerapp.slow.push(3, 0.1)
-    worker = spawn()
+    worker = spawn(db_url)
     wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0
