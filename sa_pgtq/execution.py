@@ -39,8 +39,18 @@ def new_token() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def claim(queue: Queue, limit: int, lease: float, session: Session | None = None) -> list[Task]:
-    """Claim up to `limit` due tasks of `queue`, in dequeue order."""
+def claim(
+    queue: Queue,
+    limit: int,
+    lease: float,
+    session: Session | None = None,
+    *,
+    finished: tuple[str, list[int]] | None = None,
+) -> list[Task]:
+    """Claim up to `limit` due tasks of `queue`, in dequeue order.
+
+    `finished` (a claim token and task ids) are removed in the same transaction.
+    """
     token = new_token()
     params = {
         "queue_name": queue.name,
@@ -49,6 +59,8 @@ def claim(queue: Queue, limit: int, lease: float, session: Session | None = None
         "lease": timedelta(seconds=lease),
     }
     with queue.binding.transaction(session) as s:
+        if finished is not None and finished[1]:
+            _remove(s, queue, *finished)
         claimed = s.execute(queue.sql.claim_tasks, params).all()
     # RETURNING has no order of its own; run them in the order they were chosen.
     rows = sorted(claimed, key=lambda row: (-row.priority, row.run_at, row.id))
@@ -138,9 +150,14 @@ def backoff(base: float, attempts: int) -> float:
     return min(MAX_RETRY_DELAY, base * 2.0 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0)
 
 
-def acknowledge(queue: Queue, token: str, ids: list[int]) -> int:
-    """Remove finished tasks of one claim in one statement; returns how many were still held."""
-    if not ids:
-        return 0
-    with queue.binding.transaction(None) as s:
-        return len(s.execute(queue.sql.ack_tasks, {"ids": ids, "token": token}).all())
+def acknowledge(queue: Queue, token: str, ids: list[int]) -> None:
+    """Remove finished tasks of one claim, in one statement and transaction."""
+    if ids:
+        with queue.binding.transaction(None) as s:
+            _remove(s, queue, token, ids)
+
+
+def _remove(s: Session, queue: Queue, token: str, ids: list[int]) -> None:
+    removed = len(s.execute(queue.sql.ack_tasks, {"ids": ids, "token": token}).all())
+    if removed < len(ids):
+        log.warning("%d finished tasks had lost their lease and may run again", len(ids) - removed)

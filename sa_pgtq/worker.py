@@ -34,6 +34,8 @@ from .tasks import Task
 
 log = logging.getLogger(__name__)
 
+Finished = tuple[str, list[int]]  # a claim token and its finished, not yet removed tasks
+
 _ACK_INTERVAL = 0.5  # seconds a finished task may wait for its batched removal
 _RECONNECT_DELAY = 1.0
 
@@ -125,6 +127,7 @@ class Worker:
         """Run tasks until `stop()` (or a signal); with `burst`, until nothing is due."""
         self._stopping.clear()
         with self._signals(), self._heartbeat():
+            log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
             others = [
                 threading.Thread(target=self._loop, args=(burst,), name=f"sa_pgtq-worker-{n}")
                 for n in range(1, self.concurrency)
@@ -146,28 +149,40 @@ class Worker:
         listener = Listener(
             self.queue.binding.engine, self.queue.table_name, self.queue.name, TASK, None
         )
-        with listener:
-            while not self._stopping.is_set():
-                try:
-                    self._rescue_expired()
-                    started = time.monotonic()
-                    tasks = claim(self.queue, size.size, self.lease)
-                    if tasks:
-                        self._run_batch(tasks)
-                        size.update(len(tasks), time.monotonic() - started)
-                        continue
-                    if burst:
-                        return
-                    listener.wait(self._idle_wait())
-                except DBAPIError as exc:
-                    # The database went away (restart, network): the pool reconnects on the
-                    # next checkout; held tasks are safe under their leases meanwhile.
-                    log.warning("database error in the worker loop (%s); retrying", exc)
-                    self._stopping.wait(_RECONNECT_DELAY)
+        # Finished tasks of the last batch, removed in the next claim's transaction:
+        # one commit per batch instead of two.
+        pending: Finished | None = None
+        try:
+            with listener:
+                while not self._stopping.is_set():
+                    try:
+                        self._rescue_expired()
+                        started = time.monotonic()
+                        tasks = claim(self.queue, size.size, self.lease, finished=pending)
+                        if pending is not None:
+                            self._leases.drop(*pending)
+                            pending = None
+                        if tasks:
+                            pending = self._run_batch(tasks)
+                            size.update(len(tasks), time.monotonic() - started)
+                            continue
+                        if burst:
+                            return
+                        listener.wait(self._idle_wait())
+                    except DBAPIError as exc:
+                        # The database went away (restart, network): the pool reconnects on
+                        # the next checkout; held tasks are safe under their leases meanwhile.
+                        log.warning("database error in the worker loop (%s); retrying", exc)
+                        self._stopping.wait(_RECONNECT_DELAY)
+        finally:
+            if pending is not None:
+                self._acknowledge(*pending)
 
-    def _run_batch(self, tasks: list[Task]) -> None:
+    def _run_batch(self, tasks: list[Task]) -> Finished:
+        """Run a claimed batch; return the finished tasks still to be removed."""
         token = tasks[0].token
-        self._leases.hold(token, [t.id for t in tasks])
+        held = [t.id for t in tasks]
+        self._leases.hold(token, held)
         finished: list[int] = []
         flushed_at = time.monotonic()
         try:
@@ -183,14 +198,21 @@ class Worker:
                 if finished and time.monotonic() - flushed_at > _ACK_INTERVAL:
                     self._acknowledge(token, finished)
                     finished, flushed_at = [], time.monotonic()
-        finally:
-            self._acknowledge(token, finished)
-            self._leases.drop(token, [t.id for t in tasks])
+        except BaseException:
+            # Stop renewing: whatever is not done expires and another worker retries it.
+            self._leases.drop(token, held)
+            raise
+        done = set(finished)
+        self._leases.drop(token, [i for i in held if i not in done])
+        return token, finished
 
     def _acknowledge(self, token: str, ids: list[int]) -> None:
-        if ids and acknowledge(self.queue, token, ids) < len(ids):
-            log.warning("some finished tasks had lost their lease and may run again")
-        self._leases.drop(token, ids)
+        try:
+            acknowledge(self.queue, token, ids)
+        except DBAPIError as exc:
+            log.warning("could not remove finished tasks (%s); they may run again", exc)
+        finally:
+            self._leases.drop(token, ids)
 
     def _release(self, token: str, ids: list[int]) -> None:
         with self.queue.binding.transaction(None) as s:

@@ -83,16 +83,22 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "sa_pgtq.cli", "worker", "workerapp:q", *options]
         env = {**os.environ, "SA_PGTQ_WORKER_URL": url}
-        procs.append(
-            subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
-        return procs[-1]
+        proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        procs.append(proc)
+        return proc
 
     yield start
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """Until the worker has installed its signal handlers (it logs "worker ready")."""
+    path = Path(proc.log_path)  # type: ignore[attr-defined]
+    wait_for(lambda: b"worker ready" in path.read_bytes(), seconds)
 
 
 def count(engine: Engine, sql: str) -> int:

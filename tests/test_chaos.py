@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Spawn, count, wait_for
+from conftest import Spawn, count, wait_for, wait_ready
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -79,5 +79,6 @@ def test_kills_and_a_database_restart_lose_no_job(
     assert count(engine, "SELECT count(*) FROM proc_started") >= JOBS
 
     for worker in workers:
+        wait_ready(worker)  # a replacement may still be starting up
         worker.send_signal(signal.SIGTERM)
     assert [worker.wait(30) for worker in workers] == [0, 0, 0], "they reconnected and ran on"
