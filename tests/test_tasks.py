@@ -276,3 +276,20 @@ def test_tasks_and_messages_do_not_mix(tq: sa_pgtq.Queue) -> None:
     assert task is not None and task.name == "email"
     assert task.run() and tq.pop() is None
     assert tq.list("email") == [] and tq.failed() == []
+
+
+def test_concurrency_runs_tasks_side_by_side(tq: sa_pgtq.Queue) -> None:
+    import threading
+
+    together = threading.Barrier(2, timeout=10)  # passes only if two tasks run at once
+    threads: set[str] = set()
+
+    @tq.handler(max_attempts=1)
+    def meet() -> None:
+        threads.add(threading.current_thread().name)
+        together.wait()
+
+    meet.push_many([(), ()])
+    sa_pgtq.Worker(tq, concurrency=2, install_signal_handlers=False).run(burst=True)
+    assert tq.failed() == [] and tq.pop() is None
+    assert len(threads) == 2
