@@ -56,16 +56,21 @@ class Binding:
         if self.engine.dialect.name != "postgresql":
             raise ValueError(f"sa_pgtq needs PostgreSQL, not {self.engine.dialect.name}")
 
+    @staticmethod
+    def join(session: object) -> Session:
+        """The caller's session, checked and flushed: its pending rows go first."""
+        if not isinstance(session, Session):
+            raise TypeError(
+                f"session must be a sqlalchemy.orm.Session, got {type(session).__name__}"
+            )
+        session.flush()
+        return session
+
     @contextmanager
     def transaction(self, session: Session | None) -> Iterator[Session]:
         """The caller's session (flushed, never committed here), or a new one, committed."""
         if session is not None:
-            if not isinstance(session, Session):
-                raise TypeError(
-                    f"session must be a sqlalchemy.orm.Session, got {type(session).__name__}"
-                )
-            session.flush()  # the caller's pending rows go first, as autoflush would
-            yield session
+            yield self.join(session)
             return
         # Jobs handed back to the caller must stay readable after this commit.
         with self.sessions(expire_on_commit=False) as own, own.begin():

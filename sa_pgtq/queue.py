@@ -179,7 +179,7 @@ class Queue:
     def _claim(self, tag: str, session: Session | None, *, item: bool) -> Iterator[_Claim | None]:
         params = self._tag_params(tag)
         if session is not None:
-            with self._claim_in(session, params, item=item, own=False) as claim:
+            with self._claim_in(self.binding.join(session), params, item=item, own=False) as claim:
                 yield claim
             return
         with (

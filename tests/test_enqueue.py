@@ -173,7 +173,20 @@ def test_bad_scheduling_options_raise(q: sa_pgtq.Queue, options: dict[str, objec
 def test_bad_session_argument_is_a_type_error(q: sa_pgtq.Queue) -> None:
     with pytest.raises(TypeError):
         q.enqueue("t", 1, "not a session")  # type: ignore[arg-type]
-    assert q.count("t") == 0
+    q.enqueue("t", 1)
+    with pytest.raises(TypeError), q.dequeue("t", "not a session"):  # type: ignore[arg-type]
+        pass
+    assert q.count("t") == 1
+
+
+def test_dequeue_in_a_session_sees_the_callers_pending_rows(
+    q: sa_pgtq.Queue, clean: Engine
+) -> None:
+    with Session(clean) as s:
+        s.add(sa_pgtq.Job(queue=q.name, tag="t", data="pending in the session"))
+        with q.dequeue("t", s) as data:
+            assert data == "pending in the session"
+        s.rollback()
 
 
 @pytest.mark.parametrize(
