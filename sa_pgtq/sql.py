@@ -118,30 +118,20 @@ class Statements:
             .returning(c.id)
         )
 
+        def next_ready_message(*columns: Any) -> Select[Any]:
+            return (
+                select(*columns)
+                .where(ready_messages)
+                .order_by(*self.dequeue_order)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+
         #: queue_name, tag -> (id, data) of the next ready message, row-locked (SKIP LOCKED)
-        self.lock_next_message: Select[Any] = (
-            select(c.id, c.data)
-            .where(ready_messages)
-            .order_by(*self.dequeue_order)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
+        self.lock_next_message = next_ready_message(c.id, c.data)
         #: queue_name, tag -> the same row as an ORM entity
-        self.lock_next_message_item: Select[Any] = (
-            select(model)
-            .where(ready_messages)
-            .order_by(*self.dequeue_order)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        next_message_id = (
-            select(c.id)
-            .where(ready_messages)
-            .order_by(*self.dequeue_order)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
+        self.lock_next_message_item = next_ready_message(model)
+        next_message_id = next_ready_message(c.id).scalar_subquery()
         #: queue_name, tag -> (data,) of the message removed at once
         self.take_next_message: ReturningDelete[Any] = (
             delete(table).where(c.id == next_message_id).returning(c.data)
