@@ -71,6 +71,13 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
     return text
 
 
+def check_count(value: object, what: str) -> int:
+    """A whole number of at least 1 (attempts, threads, batch sizes)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInputError(f"{what} must be an int >= 1, got {value!r}")
+    return value
+
+
 def check_priority(priority: object) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise InvalidInputError(f"priority must be an int, got {type(priority).__name__}")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from sqlalchemy.orm import Session
 
 from . import codec
-from .errors import DuplicateHandlerError, InvalidInputError, TaskArgumentsError
+from .errors import DuplicateHandlerError, TaskArgumentsError
 from .models import TASK
 
 if TYPE_CHECKING:
@@ -146,8 +146,7 @@ class Registry:
     def decorator(
         self, name: str | None, max_attempts: int, retry_delay: float
     ) -> Callable[[Callable[P, R]], Handler[P, R]]:
-        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-            raise InvalidInputError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        codec.check_count(max_attempts, "max_attempts")
         codec.check_timeout(retry_delay, "retry_delay")
 
         def register(func: Callable[P, R]) -> Handler[P, R]:

@@ -25,7 +25,6 @@ from typing import NoReturn
 from sqlalchemy.exc import DBAPIError
 
 from . import codec
-from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, acknowledge, claim, execute
 from .models import TASK
 from .notify import Listener, idle_wait, notify_payload
@@ -103,12 +102,9 @@ class Worker:
         poll_interval: float | None = None,
         install_signal_handlers: bool = True,
     ) -> None:
-        for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
         self.queue = queue
-        self.concurrency = concurrency
-        self.batch_size = batch_size
+        self.concurrency = codec.check_count(concurrency, "concurrency")
+        self.batch_size = codec.check_count(batch_size, "batch_size")
         self.lease = codec.check_timeout(lease, "lease") or DEFAULT_LEASE
         self.poll_interval = (
             codec.check_timeout(poll_interval, "poll_interval") or queue.poll_interval
