@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Engine, Integer, Text, create_engine, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, Integer, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from .binding import engine_from_url
 from .queue import Queue
 from .testing import database_url
 
@@ -26,7 +26,7 @@ class Order(_DemoBase):
 
 def run(url: str | None = None, say: Callable[[str], None] = print) -> None:
     with database_url(url) as uri:
-        engine = create_engine(make_url(uri).set(drivername="postgresql+psycopg2"))
+        engine = engine_from_url(uri)
         where = "an embedded throwaway PostgreSQL" if url is None else engine.url.render_as_string()
         say(f"database: {where}")
         _DemoBase.metadata.create_all(engine)
