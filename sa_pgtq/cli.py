@@ -51,7 +51,6 @@ def load_queue(path: str) -> Queue:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "worker":
-        from .execution import DEFAULT_LEASE
         from .worker import Worker
 
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue,
             concurrency=args.concurrency,
             batch_size=args.batch_size,
-            lease=args.lease or DEFAULT_LEASE,
+            lease=args.lease,
         ).run(burst=args.burst)
     elif args.command == "demo":
         from . import demo

@@ -98,7 +98,7 @@ class Worker:
         *,
         concurrency: int = 1,
         batch_size: int = 100,
-        lease: float = DEFAULT_LEASE,
+        lease: float | None = None,
         poll_interval: float | None = None,
         install_signal_handlers: bool = True,
     ) -> None:
@@ -219,9 +219,8 @@ class Worker:
             due = s.execute(
                 self.queue.sql.seconds_until_next_task, {"queue_name": self.queue.name}
             ).scalar()
-        return min(
-            idle_wait(due, self.poll_interval), self.lease / 2
-        )  # wake in time to rescue expired leases
+        # Wake in time to rescue expired leases, too.
+        return min(idle_wait(due, self.poll_interval), self.lease / 2)
 
     def _rescue_expired(self) -> None:
         """Requeue tasks whose worker stopped renewing their lease (one thread at a time)."""
