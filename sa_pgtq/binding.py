@@ -41,9 +41,13 @@ def dsn_to_url(dsn: str) -> URL:
 
 
 class Binding:
-    """A queue's database: an engine plus the factory of its own sessions."""
+    """A queue's database: an engine, the factory of its own sessions, and where to LISTEN.
 
-    def __init__(self, bind: Bind) -> None:
+    `listen_bind` is a direct connection for LISTEN when `bind` goes through a
+    transaction pooler (PgBouncer), which cannot carry notifications.
+    """
+
+    def __init__(self, bind: Bind, listen_bind: Engine | URL | str | None = None) -> None:
         if isinstance(bind, sessionmaker):
             engine = bind.kw.get("bind")
             if not isinstance(engine, Engine):
@@ -53,8 +57,16 @@ class Binding:
         else:
             self.engine = bind if isinstance(bind, Engine) else engine_from_url(bind)
             self.sessions = sessionmaker(self.engine)
-        if self.engine.dialect.name != "postgresql":
-            raise ValueError(f"sa_pgtq needs PostgreSQL, not {self.engine.dialect.name}")
+        self.listen_engine: Engine = (
+            self.engine
+            if listen_bind is None
+            else listen_bind
+            if isinstance(listen_bind, Engine)
+            else engine_from_url(listen_bind)
+        )
+        for engine in (self.engine, self.listen_engine):
+            if engine.dialect.name != "postgresql":
+                raise ValueError(f"sa_pgtq needs PostgreSQL, not {engine.dialect.name}")
 
     @staticmethod
     def join(session: object) -> Session:

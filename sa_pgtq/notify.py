@@ -6,13 +6,20 @@ answers one question: "may there be new work for me?". Any doubt (a
 notification, a dropped connection, a reconnect) answers yes, because the
 caller always re-checks the table; a lost notification only costs latency,
 never a job.
+
+A connection that dies silently (a partition, a dropped NAT entry: no FIN, no
+RST) would leave a ping blocked until TCP gives up, minutes later, so a ping
+slower than a poll interval cuts the socket and reconnects.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import select
+import socket
+import threading
 import time
 from typing import Any, SupportsFloat
 
@@ -22,6 +29,9 @@ from .schema import CHANNEL
 from .sql import LISTEN, NAME_LISTENER, PING
 
 log = logging.getLogger(__name__)
+
+#: A ping may take this long even with a very short poll interval.
+MIN_PING_TIMEOUT = 1.0
 
 
 def idle_wait(seconds_until_due: SupportsFloat | None, poll_interval: float) -> float:
@@ -37,10 +47,19 @@ def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:
 
 
 class Listener:
-    def __init__(self, engine: Engine, table: str, queue: str, kind: str, tag: str | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        table: str,
+        queue: str,
+        kind: str,
+        tag: str | None,
+        poll_interval: float,
+    ) -> None:
         self._engine = engine
         self._wanted = (table, queue, kind)
         self._tag = tag
+        self._ping_timeout = max(poll_interval, MIN_PING_TIMEOUT)
         self._conn: Any = None  # the DBAPI connection (psycopg2 or psycopg 3)
 
     def __enter__(self) -> Listener:
@@ -72,7 +91,7 @@ class Listener:
             while (left := deadline - time.monotonic()) > 0:
                 if any(self._matches(payload) for payload in self._receive(left)):
                     return True
-            self._conn.cursor().execute(PING)
+            self._ping()
             return False
         except Exception as exc:
             # Any driver error means the connection is gone; drop it, reconnect on the
@@ -83,18 +102,29 @@ class Listener:
             return True
 
     def _connect(self) -> None:
-        pooled = self._engine.raw_connection()
-        conn = pooled.driver_connection
+        checkout = self._engine.raw_connection()
+        conn = checkout.driver_connection
         if conn is None:
             raise RuntimeError(
                 "the engine's pool returned a connection without a driver connection"
             )
-        pooled.detach()  # ours alone: closed, not returned, when we are done
+        checkout.detach()  # ours alone: closed, not returned, when we are done
         conn.autocommit = True
         cursor = conn.cursor()
         cursor.execute(NAME_LISTENER)
         cursor.execute(LISTEN)
         self._conn = conn
+
+    def _ping(self) -> None:
+        """A round trip; a silently dead connection is cut after `ping_timeout` seconds."""
+        conn = self._conn
+        watchdog = threading.Timer(self._ping_timeout, _cut, (conn.fileno(),))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.cursor().execute(PING)
+        finally:
+            watchdog.cancel()
 
     def _receive(self, timeout: float) -> list[str]:
         conn = self._conn
@@ -114,3 +144,9 @@ class Listener:
         except (ValueError, TypeError):
             return False
         return (table, queue, kind) == self._wanted and (self._tag is None or tag == self._tag)
+
+
+def _cut(fd: int) -> None:
+    """Shut a connection's socket down, so that a read blocked on it fails at once."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from . import codec, schema
@@ -56,6 +58,7 @@ class Queue:
         model: type[JobMixin] | None = None,
         table_name: str | None = None,
         poll_interval: float = _DEFAULT_POLL_INTERVAL,
+        listen_bind: Engine | URL | str | None = None,
     ) -> None:
         codec.check_name(name, "queue name")
         codec.check_options(data_type, data_length, excepted_times_to_ignore)
@@ -67,7 +70,7 @@ class Queue:
         self.excepted_times_to_ignore = excepted_times_to_ignore
         self.poll_interval = codec.check_timeout(poll_interval, "poll_interval") or 0.0
         self.model: type[JobMixin] = model or job_model(table_name or DEFAULT_TABLE)
-        self.binding = Binding(bind)
+        self.binding = Binding(bind, listen_bind)
         self.sql = Statements(self.model)
         self.tasks = Registry(self)
 
@@ -268,7 +271,7 @@ class Queue:
         self, params: dict[str, Any], timeout: float | None, session: Session | None, *, item: bool
     ) -> Iterator[Any]:
         tag = params["tag"]
-        with Listener(self.binding.engine, self.table_name, self.name, MESSAGE, tag) as listener:
+        with self.listener(MESSAGE, tag) as listener:
             quiet_since = time.monotonic()
             while True:
                 with self._claim(tag, session, item=item) as claim:
@@ -286,6 +289,17 @@ class Queue:
                         continue
                     wait = min(wait, left)
                 listener.wait(wait)
+
+    def listener(self, kind: str, tag: str | None, poll_interval: float | None = None) -> Listener:
+        """A LISTEN connection waiting for this queue's `kind` jobs (with `tag`, or any)."""
+        return Listener(
+            self.binding.listen_engine,
+            self.table_name,
+            self.name,
+            kind,
+            tag,
+            self.poll_interval if poll_interval is None else poll_interval,
+        )
 
     def _seconds_until_due(self, params: dict[str, Any], session: Session | None) -> float:
         """How long to sleep: until the next scheduled message, at most `poll_interval`."""

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from . import codec
 from .execution import DEFAULT_LEASE, acknowledge, claim, execute
 from .models import TASK
-from .notify import Listener, idle_wait, notify_payload
+from .notify import idle_wait, notify_payload
 from .queue import Queue
 from .tasks import Task
 
@@ -142,9 +142,7 @@ class Worker:
 
     def _loop(self, burst: bool) -> None:
         size = _BatchSize(self.batch_size)
-        listener = Listener(
-            self.queue.binding.engine, self.queue.table_name, self.queue.name, TASK, None
-        )
+        listener = self.queue.listener(TASK, None, self.poll_interval)
         # Finished tasks of the last batch, removed in the next claim's transaction:
         # one commit per batch instead of two.
         pending: Finished | None = None

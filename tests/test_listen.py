@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import Engine
+from tcpproxy import TcpProxy
 
 import sa_pgtq
 
@@ -89,8 +93,6 @@ def test_listen_with_positional_session_q4pg_style(q: sa_pgtq.Queue, clean: Engi
 def test_a_dead_listen_connection_is_noticed_and_replaced(clean: Engine) -> None:
     # The server ends the LISTEN backend (as a failover or an idle-killer would); the
     # listener must notice, reconnect, and be woken by NOTIFY again (polling is 30 s).
-    import threading
-
     from sqlalchemy import text
 
     listeners = text(
@@ -110,3 +112,38 @@ def test_a_dead_listen_connection_is_noticed_and_replaced(clean: Engine) -> None
     assert new != old
     threading.Timer(0.2, q.enqueue, ("t", "woken by NOTIFY")).start()
     assert next(stream) == "woken by NOTIFY"
+
+
+def next_within(stream: Iterator[Any], seconds: float) -> Any:
+    """next(stream), or fail after `seconds` instead of hanging the suite."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(next(stream)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"listen still blocked after {seconds}s"
+    return result[0]
+
+
+def test_a_silently_dead_listen_connection_is_cut_and_replaced(clean: Engine) -> None:
+    # The LISTEN connection goes through a proxy that then black-holes it: no FIN, no
+    # RST, so only a ping with a deadline can tell. With a 2 s poll interval, the ping
+    # gives up after 2 s, the listener reconnects, and polling delivers meanwhile.
+    def arrives_in(data: str, seconds: float) -> float:
+        threading.Timer(0.3, q.enqueue, ("t", data)).start()
+        started = time.monotonic()
+        assert next_within(stream, seconds) == data
+        return time.monotonic() - started
+
+    with TcpProxy(clean.url) as proxy:
+        q = sa_pgtq.Queue(clean, poll_interval=2, listen_bind=proxy.url)
+        stream = q.listen("t", timeout=60)
+        try:
+            arrives_in("before", 10)
+            assert proxy.connections == 1
+            proxy.freeze()
+            assert arrives_in("during", 20) < 8, "the dead connection held listen up"
+            arrives_in("after", 10)
+            assert proxy.connections == 2, "a new LISTEN connection"
+            assert arrives_in("woken", 10) < 1.5, "woken by NOTIFY, not by the 2 s poll"
+        finally:
+            stream.close()
