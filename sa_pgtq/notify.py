@@ -7,9 +7,13 @@ notification, a dropped connection, a reconnect) answers yes, because the
 caller always re-checks the table; a lost notification only costs latency,
 never a job.
 
-A connection that dies silently (a partition, a dropped NAT entry: no FIN, no
-RST) would leave a ping blocked until TCP gives up, minutes later, so a ping
-slower than a poll interval cuts the socket and reconnects.
+Two ways LISTEN can fail without an error are handled here. A connection that
+dies silently (a partition, a dropped NAT entry: no FIN, no RST) would leave a
+ping blocked until TCP gives up, minutes later, so a ping slower than a poll
+interval cuts the socket and reconnects. A connection through a transaction
+pooler such as PgBouncer would LISTEN on a server connection that is soon handed
+to another client, so notifications never arrive and LISTEN leaks into the pool;
+a pooler is recognised at connect time and the listener polls instead.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from typing import Any, SupportsFloat
 from sqlalchemy import Engine
 
 from .schema import CHANNEL
-from .sql import LISTEN, NAME_LISTENER, PING
+from .sql import BACKEND_PID, LISTEN, NAME_LISTENER, PING
 
 log = logging.getLogger(__name__)
 
 #: A ping may take this long even with a very short poll interval.
 MIN_PING_TIMEOUT = 1.0
+
+#: Engine URLs already warned about, so each process says it once.
+_warned_pooled: set[str] = set()
 
 
 def idle_wait(seconds_until_due: SupportsFloat | None, poll_interval: float) -> float:
@@ -59,8 +66,10 @@ class Listener:
         self._engine = engine
         self._wanted = (table, queue, kind)
         self._tag = tag
+        self._poll_interval = poll_interval
         self._ping_timeout = max(poll_interval, MIN_PING_TIMEOUT)
         self._conn: Any = None  # the DBAPI connection (psycopg2 or psycopg 3)
+        self._pooled = False  # behind a transaction pooler: poll, never LISTEN
 
     def __enter__(self) -> Listener:
         self._connect()
@@ -85,6 +94,9 @@ class Listener:
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         try:
+            if self._pooled:
+                time.sleep(max(timeout, 0.0))
+                return True
             if self._conn is None:
                 self._connect()
                 return True  # notifications may have been missed while disconnected
@@ -111,6 +123,21 @@ class Listener:
         checkout.detach()  # ours alone: closed, not returned, when we are done
         conn.autocommit = True
         cursor = conn.cursor()
+        cursor.execute(BACKEND_PID)
+        # A pooler hands the client a made-up backend pid (its own cancel key).
+        if cursor.fetchone()[0] != conn.info.backend_pid:
+            conn.close()
+            self._pooled = True
+            url = self._engine.url.render_as_string()
+            (log.debug if url in _warned_pooled else log.warning)(
+                "%s goes through a connection pooler (PgBouncer?), where LISTEN loses "
+                "notifications; polling every %.1fs instead. Give Queue a direct "
+                "connection for LISTEN with listen_bind=",
+                url,
+                self._poll_interval,
+            )
+            _warned_pooled.add(url)
+            return
         cursor.execute(NAME_LISTENER)
         cursor.execute(LISTEN)
         self._conn = conn

@@ -290,6 +290,7 @@ class Statements:
 #: The fixed channel is sa_pgtq's own constant; LISTEN cannot take a bound parameter.
 LISTEN = f"LISTEN {CHANNEL}"
 PING = "SELECT 1"
+BACKEND_PID = "SELECT pg_backend_pid()"
 #: Lets operators (and tests) tell listener connections apart in pg_stat_activity.
 LISTENER_NAME = "sa_pgtq listener"
 NAME_LISTENER = f"SET application_name = '{LISTENER_NAME}'"

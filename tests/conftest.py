@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -70,7 +74,7 @@ def q(clean: Engine) -> sa_pgtq.Queue:
 
 # -- worker processes ---------------------------------------------------------------
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # workerapp.py lives here
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
@@ -95,6 +99,28 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
             proc.wait()
 
 
+@pytest.fixture(scope="module")
+def workerapp(db_url: str) -> Iterator[ModuleType]:
+    """The app module, imported here (to push) as the workers import it (to run)."""
+    os.environ["SA_PGTQ_WORKER_URL"] = db_url  # inherited by the worker processes
+    sys.path.insert(0, str(HERE))
+    try:
+        yield importlib.import_module("workerapp")
+    finally:
+        sys.path.remove(str(HERE))
+
+
+@pytest.fixture
+def app(workerapp: ModuleType) -> Engine:
+    engine: Engine = workerapp.engine
+    workerapp.q.create_table()
+    with engine.begin() as conn:
+        workerapp.metadata.drop_all(conn)
+        workerapp.metadata.create_all(conn)
+        conn.execute(text("TRUNCATE sa_pgtq_jobs"))
+    return engine
+
+
 def wait_ready(proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
     """Until the worker has installed its signal handlers (it logs "worker ready")."""
     path = Path(proc.log_path)  # type: ignore[attr-defined]
@@ -112,3 +138,13 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting after {seconds}s")
         time.sleep(0.05)
+
+
+def next_within(stream: Iterator[Any], seconds: float) -> Any:
+    """next(stream), or fail after `seconds` instead of hanging the suite."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(next(stream)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"still blocked after {seconds}s"
+    return result[0]

@@ -7,9 +7,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
+from conftest import next_within
 from sqlalchemy import Engine
 from tcpproxy import TcpProxy
 
@@ -112,16 +111,6 @@ def test_a_dead_listen_connection_is_noticed_and_replaced(clean: Engine) -> None
     assert new != old
     threading.Timer(0.2, q.enqueue, ("t", "woken by NOTIFY")).start()
     assert next(stream) == "woken by NOTIFY"
-
-
-def next_within(stream: Iterator[Any], seconds: float) -> Any:
-    """next(stream), or fail after `seconds` instead of hanging the suite."""
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(next(stream)), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert result, f"listen still blocked after {seconds}s"
-    return result[0]
 
 
 def test_a_silently_dead_listen_connection_is_cut_and_replaced(clean: Engine) -> None:

@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 import signal
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 from conftest import Spawn, count, wait_for
-from sqlalchemy import Engine, func, select, text
-
-HERE = Path(__file__).resolve().parent  # workerapp.py lives here
-
-
-@pytest.fixture(scope="module")
-def workerapp(db_url: str) -> Iterator[ModuleType]:
-    """The app module, imported here (to push) as the workers import it (to run)."""
-    os.environ["SA_PGTQ_WORKER_URL"] = db_url  # inherited by the worker processes
-    sys.path.insert(0, str(HERE))
-    try:
-        yield importlib.import_module("workerapp")
-    finally:
-        sys.path.remove(str(HERE))
-
-
-@pytest.fixture
-def app(workerapp: ModuleType) -> Engine:
-    engine: Engine = workerapp.engine
-    workerapp.q.create_table()
-    with engine.begin() as conn:
-        workerapp.metadata.drop_all(conn)
-        workerapp.metadata.create_all(conn)
-        conn.execute(text("TRUNCATE sa_pgtq_jobs"))
-    return engine
+from sqlalchemy import Engine, func, select
 
 
 @pytest.mark.slow
