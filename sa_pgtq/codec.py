@@ -30,6 +30,8 @@ _INT32 = 2**31 - 1
 
 # jsonb rejects the \u0000 escape; an escaped backslash before "u0000" is harmless.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
 def check_name(value: object, what: str = "tag") -> str:
@@ -54,7 +56,7 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
     if data_type == "text" and not isinstance(data, str):
         raise DataTypeError(f"data_type='text' takes str data, got {type(data).__name__}")
     try:
-        text = json.dumps(data, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _JSON.encode(data)
     except (TypeError, ValueError) as exc:
         raise DataNotSerializableError(f"data is not JSON-serialisable: {exc}") from None
     except RecursionError:
@@ -63,7 +65,7 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise DataNotStorableError(f"data is not valid Unicode text: {exc.reason}") from None
-    if _JSON_NUL.search(text):
+    if "\\u0000" in text and _JSON_NUL.search(text):
         raise DataNotStorableError("data contains a NUL character, which PostgreSQL cannot store")
     measured = len(data) if isinstance(data, str) and data_type == "text" else len(text)
     if data_length is not None and measured > data_length:

@@ -122,11 +122,15 @@ class Queue:
         return self.insert_many(params, session)
 
     def insert_many(self, params: dict[str, Any], session: Session | None) -> list[int]:
-        """Run the bulk INSERT for already validated parameters (shared with the task layer)."""
+        """Run the bulk INSERT for validated parameters, `datas` a list of encoded payloads.
+
+        Shared with the task layer.
+        """
         if not params["datas"]:
             return []
+        batch = {**params, "datas": f"[{','.join(params['datas'])}]"}
         with self.binding.transaction(session) as s:
-            return sorted(s.execute(self.sql.insert_many, params).scalars())
+            return sorted(s.execute(self.sql.insert_many, batch).scalars())
 
     def encode(self, data: Any) -> str:
         return codec.encode_data(data, self.data_type, self.data_length)
