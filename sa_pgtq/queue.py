@@ -9,6 +9,7 @@ own session from the engine's pool and commits.
 from __future__ import annotations
 
 import builtins
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -16,15 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL, RowMapping
 from sqlalchemy.orm import Session
 
 from . import codec, schema
 from .binding import Bind, Binding
 from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, claim
-from .models import DEFAULT_TABLE, MESSAGE, JobMixin, job_model
+from .models import DEFAULT_TABLE, FAILED, MESSAGE, QUEUED, JobMixin, job_model
 from .notify import Listener, idle_wait, notify_payload
 from .sql import Statements
 from .tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, Handler, P, R, Registry, Task
@@ -189,58 +190,61 @@ class Queue:
             with self._claim_in(self.binding.join(session), params, item=item, own=False) as claim:
                 yield claim
             return
+        # No ORM state is involved, so a plain Connection does (and costs less per call).
         with (
-            self.binding.sessions(expire_on_commit=False) as own,
+            self.binding.engine.connect() as own,
             self._claim_in(own, params, item=item, own=True) as claim,
         ):
             yield claim
 
     @contextmanager
     def _claim_in(
-        self, s: Session, params: dict[str, Any], *, item: bool, own: bool
+        self, s: Session | Connection, params: dict[str, Any], *, item: bool, own: bool
     ) -> Iterator[_Claim | None]:
-        claim = self._lock_next(s, params, item=item)
-        if claim is None:
+        row = s.execute(self.sql.claim_next_message, params).mappings().first()
+        if row is None:
             if own:
                 s.commit()  # release the snapshot before the caller's block runs
             yield None
             return
+        data = json.loads(row["data"])
+        claim = _Claim(row["id"], self.model(**{**row, "data": data}) if item else data)
         # In the caller's transaction the block runs in a savepoint, so that a failure
-        # undoes the block's writes but keeps our row lock (taken outside it).
+        # undoes the block's writes but not the removal (taken outside it).
         block = None if own else s.begin_nested()
         try:
             yield claim
         except BaseException as exc:
             if block is not None:
                 block.rollback()
-            else:
-                s.rollback()
             # GeneratorExit (a listen loop left early) and KeyboardInterrupt are not the
             # message's fault: it goes back untouched.
-            if isinstance(exc, Exception):
-                s.execute(
-                    self.sql.fail_message,
-                    {
-                        "job_id": claim.id,
-                        "error": codec.describe_error(exc),
-                        "ignore_after": self.excepted_times_to_ignore,
-                    },
-                )
+            failure = exc if isinstance(exc, Exception) else None
+            if own and failure is None:
+                s.rollback()
+            else:
+                s.execute(self.sql.restore_message, self._restored(row, failure))
                 if own:
                     s.commit()
             raise
         if block is not None:
             block.commit()
-        s.execute(self.sql.delete_job, {"job_id": claim.id})
         if own:
             s.commit()
 
-    def _lock_next(self, s: Session, params: dict[str, Any], *, item: bool) -> _Claim | None:
-        if item:
-            job: JobMixin | None = s.scalars(self.sql.lock_next_message_item, params).first()
-            return None if job is None else _Claim(job.id, job)
-        row = s.execute(self.sql.lock_next_message, params).first()
-        return None if row is None else _Claim(row.id, row.data)
+    def _restored(self, row: RowMapping, failure: Exception | None) -> dict[str, Any]:
+        """A claimed message's row as it goes back: unchanged, or failed once more, at the tail."""
+        if failure is None:
+            return dict(row)
+        attempts = row["attempts"] + 1
+        ignored = 0 < self.excepted_times_to_ignore < attempts
+        return {
+            **row,
+            "attempts": attempts,
+            "last_error": codec.describe_error(failure),
+            "run_at": None,
+            "state": FAILED if ignored else QUEUED,
+        }
 
     # -- listen --------------------------------------------------------------
 

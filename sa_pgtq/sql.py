@@ -12,7 +12,7 @@ from sqlalchemy import (
     TIMESTAMP,
     BigInteger,
     ColumnElement,
-    Delete,
+    Insert,
     Interval,
     Select,
     Text,
@@ -20,7 +20,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    case,
     cast,
     delete,
     func,
@@ -121,20 +120,14 @@ class Statements:
             .returning(c.id)
         )
 
-        def next_ready_message(*columns: Any) -> Select[Any]:
-            return (
-                select(*columns)
-                .where(ready_messages)
-                .order_by(*self.dequeue_order)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-
-        #: queue_name, tag -> (id, data) of the next ready message, row-locked (SKIP LOCKED)
-        self.lock_next_message = next_ready_message(c.id, c.data)
-        #: queue_name, tag -> the same row as an ORM entity
-        self.lock_next_message_item = next_ready_message(model)
-        next_message_id = next_ready_message(c.id).scalar_subquery()
+        next_message_id = (
+            select(c.id)
+            .where(ready_messages)
+            .order_by(*self.dequeue_order)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         #: queue_name, tag -> (data,) of the message removed at once
         self.take_next_message: ReturningDelete[Any] = (
             delete(table).where(c.id == next_message_id).returning(c.data)
@@ -143,27 +136,24 @@ class Statements:
         self.take_next_message_item: ReturningDelete[Any] = (
             delete(model).where(model.id == next_message_id).returning(model)
         )
-        #: job_id
-        self.delete_job: Delete = delete(table).where(c.id == bindparam("job_id"))
-        #: job_id, error, ignore_after (0 = never) -> the message goes to the tail, or to `failed`
-        self.fail_message: Update = (
-            update(table)
-            .where(c.id == bindparam("job_id"))
-            .values(
-                attempts=c.attempts + 1,
-                last_error=bindparam("error"),
-                run_at=func.clock_timestamp(),
-                state=case(
-                    (
-                        and_(
-                            bindparam("ignore_after") > 0,
-                            c.attempts + 1 > bindparam("ignore_after"),
-                        ),
-                        const(FAILED),
-                    ),
-                    else_=const(QUEUED),
+        # A transactional dequeue removes the message first: its row stays locked until
+        # the commit, and success costs no second statement. A failure puts the row back.
+        kept = [col for col in table.c if col.name != "data"]
+        #: queue_name, tag -> every column of the message removed (data as JSON text)
+        self.claim_next_message: ReturningDelete[Any] = (
+            delete(table)
+            .where(c.id == next_message_id)
+            .returning(*kept, cast(c.data, Text).label("data"))
+        )
+        #: what claim_next_message returned (run_at None: now, at the tail) -> the row back
+        self.restore_message: Insert = insert(table).values(
+            {
+                **{col.name: bindparam(col.name, type_=col.type) for col in kept},
+                "data": cast(bindparam("data", type_=Text), JSONB),
+                "run_at": func.coalesce(
+                    bindparam("run_at", type_=c.run_at.type), func.clock_timestamp()
                 ),
-            )
+            }
         )
         #: queue_name, tag -> number of waiting messages
         self.count_messages: Select[Any] = (
