@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -42,9 +43,13 @@ def const(value: str) -> ColumnElement[str]:
 
     psycopg 3 prepares repeated statements, and a generic plan cannot match a
     partial index (`WHERE state = 'queued'`) against `state = $1`: the fetch
-    paths must say the constant literally to stay on their index.
+    paths must say the constant literally to stay on their index. It is rendered
+    when the statement is compiled (and cached), not at every execution; the
+    values are sa_pgtq's own identifier-like constants, never user input.
     """
-    return literal(value, literal_execute=True)
+    if not value.isidentifier():
+        raise ValueError(f"not a state or kind constant: {value!r}")
+    return literal_column(f"'{value}'", Text)
 
 
 def _run_at() -> ColumnElement[Any]:
