@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from .codec import describe_error
@@ -157,7 +158,7 @@ def acknowledge(queue: Queue, token: str, ids: list[int]) -> None:
             _remove(s, queue, token, ids)
 
 
-def _remove(s: Session, queue: Queue, token: str, ids: list[int]) -> None:
+def _remove(s: Session | Connection, queue: Queue, token: str, ids: list[int]) -> None:
     removed = len(s.execute(queue.sql.ack_tasks, {"ids": ids, "token": token}).all())
     if removed < len(ids):
         log.warning("%d finished tasks had lost their lease and may run again", len(ids) - removed)

@@ -179,7 +179,7 @@ class Queue:
     def dequeue_item_immediate(self, tag: str, session: Session | None = None) -> JobMixin | None:
         """Remove the next message at once and return it as a `Job`."""
         params = self._tag_params(tag)
-        with self.binding.transaction(session) as s:
+        with self.binding.orm_transaction(session) as s:
             job: JobMixin | None = s.scalars(self.sql.take_next_message_item, params).first()
             return job
 
@@ -319,7 +319,7 @@ class Queue:
 
     def list(self, tag: str, session: Session | None = None) -> list[JobMixin]:
         """Waiting messages with this tag, in the order they would be dequeued."""
-        with self.binding.transaction(session) as s:
+        with self.binding.orm_transaction(session) as s:
             return list(s.scalars(self.sql.list_messages, self._tag_params(tag)))
 
     def count(self, tag: str, session: Session | None = None) -> int:
@@ -364,7 +364,7 @@ class Queue:
     ) -> builtins.list[JobMixin]:
         """Jobs (tasks or messages) kept as `failed`, oldest first; `tag` narrows by tag/handler."""
         params = {"queue_name": self.name, "tag": None if tag is None else codec.check_name(tag)}
-        with self.binding.transaction(session) as s:
+        with self.binding.orm_transaction(session) as s:
             return list(s.scalars(self.sql.list_failed, params))
 
     def requeue_failed(
