@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -72,6 +72,13 @@ class Bench:
                 cur.execute(
                     "INSERT INTO rawq (tag, data) VALUES ('b', %s)", (json.dumps({"i": i}),)
                 )
+
+    def floor_single_in_session(self, n: int) -> None:
+        """The floor's INSERT, in a SQLAlchemy Session the way an application runs it."""
+        insert = text("INSERT INTO rawq (tag, data) VALUES ('b', :data)")
+        for i in range(n):
+            with Session(self.engine) as s, s.begin():
+                s.execute(insert, {"data": json.dumps({"i": i})})
 
     def floor_bulk(self, n: int, batch: int = 1000) -> None:
         for start in range(0, n, batch):
@@ -157,6 +164,23 @@ def workloads(b: Bench, n: dict[str, int]) -> list[Workload]:
             0.9,
             "x floor INSERT+COMMIT",
             (fresh(), lambda: b.floor_single(n["single"])),
+            (fresh(), lambda: b.ours_single(n["single"])),
+        ),
+        # What the Session alone costs, and sa_pgtq measured against that.
+        Workload(
+            "the floor's INSERT in a Session",
+            n["single"],
+            0.0,
+            "x floor INSERT+COMMIT (SQLAlchemy's own cost)",
+            (fresh(), lambda: b.floor_single(n["single"])),
+            (fresh(), lambda: b.floor_single_in_session(n["single"])),
+        ),
+        Workload(
+            "enqueue vs that Session INSERT",
+            n["single"],
+            0.0,
+            "x the floor's INSERT in a Session",
+            (fresh(), lambda: b.floor_single_in_session(n["single"])),
             (fresh(), lambda: b.ours_single(n["single"])),
         ),
         Workload(
