@@ -53,8 +53,31 @@ def check_name(value: object, what: str = "tag") -> str:
 
 def encode_data(data: object, data_type: DataType, data_length: int | None) -> str:
     """Serialise a payload to the JSON text stored in the `data` column."""
+    _check_type(data, data_type)
+    text = _to_json(data)
+    measured = len(data) if isinstance(data, str) and data_type == "text" else len(text)
+    if data_length is not None and measured > data_length:
+        raise DataTooLongError(f"data is {measured} characters long; data_length is {data_length}")
+    return text
+
+
+def encode_batch(datas: list[object], data_type: DataType, data_length: int | None) -> str:
+    """Serialise payloads to one JSON array, element i the `data` of job i."""
+    if data_length is not None:  # each payload is measured on its own
+        return f"[{','.join(encode_data(data, data_type, data_length) for data in datas)}]"
+    for data in datas:
+        _check_type(data, data_type)
+    # One call into the C encoder for the whole batch; the checks hold for every element.
+    return _to_json(datas)
+
+
+def _check_type(data: object, data_type: DataType) -> None:
     if data_type == "text" and not isinstance(data, str):
         raise DataTypeError(f"data_type='text' takes str data, got {type(data).__name__}")
+
+
+def _to_json(data: object) -> str:
+    """JSON text that PostgreSQL's jsonb will store, or a clear error."""
     try:
         text = _JSON.encode(data)
     except (TypeError, ValueError) as exc:
@@ -67,9 +90,6 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
         raise DataNotStorableError(f"data is not valid Unicode text: {exc.reason}") from None
     if "\\u0000" in text and _JSON_NUL.search(text):
         raise DataNotStorableError("data contains a NUL character, which PostgreSQL cannot store")
-    measured = len(data) if isinstance(data, str) and data_type == "text" else len(text)
-    if data_length is not None and measured > data_length:
-        raise DataTooLongError(f"data is {measured} characters long; data_length is {data_length}")
     return text
 
 

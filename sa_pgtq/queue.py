@@ -119,19 +119,19 @@ class Queue:
     ) -> list[int]:
         """Add many messages in one statement; returns their ids in the order given."""
         params = self.job_params(MESSAGE, tag, run_at, delay, priority)
-        params["datas"] = [self.encode(data) for data in datas]
+        values = builtins.list(datas)
+        if not values:
+            return []
+        params["datas"] = codec.encode_batch(values, self.data_type, self.data_length)
         return self.insert_many(params, session)
 
     def insert_many(self, params: dict[str, Any], session: Session | None) -> list[int]:
-        """Run the bulk INSERT for validated parameters, `datas` a list of encoded payloads.
+        """Run the bulk INSERT for validated parameters, `datas` a JSON array (one job each).
 
         Shared with the task layer.
         """
-        if not params["datas"]:
-            return []
-        batch = {**params, "datas": f"[{','.join(params['datas'])}]"}
         with self.binding.transaction(session) as s:
-            return sorted(s.execute(self.sql.insert_many, batch).scalars())
+            return sorted(s.execute(self.sql.insert_many, params).scalars())
 
     def encode(self, data: Any) -> str:
         return codec.encode_data(data, self.data_type, self.data_length)

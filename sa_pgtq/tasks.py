@@ -97,12 +97,13 @@ class Handler(Generic[P, R]):
         """Queue many calls in one statement (a tuple: positional args; a dict: keyword args)."""
         return self.options().push_many(calls)
 
-    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    def call_data(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A call's job data, once the arguments fit the handler's signature."""
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TaskArgumentsError(f"{self.name}: {exc}") from None
-        return codec.encode_data({"args": list(args), "kwargs": kwargs}, "json", None)
+        return {"args": list(args), "kwargs": kwargs}
 
 
 class Push(Generic[P]):
@@ -114,13 +115,16 @@ class Push(Generic[P]):
         self._params = params
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
-        return self._insert([self._handler.encode_call(args, kwargs)])[0]
+        return self._insert([self._handler.call_data(args, kwargs)])[0]
 
     def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
-        return self._insert([self._handler.encode_call(*_split(call)) for call in calls])
+        return self._insert([self._handler.call_data(*_split(call)) for call in calls])
 
-    def _insert(self, datas: list[str]) -> list[int]:
-        return self._handler.queue.insert_many({**self._params, "datas": datas}, self._session)
+    def _insert(self, datas: list[object]) -> list[int]:
+        if not datas:
+            return []
+        batch = codec.encode_batch(datas, "json", None)
+        return self._handler.queue.insert_many({**self._params, "datas": batch}, self._session)
 
 
 def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -121,6 +121,9 @@ def test_bad_data_raises_and_writes_nothing(clean: Engine, data: object, error: 
         q.enqueue("t", data)
     with pytest.raises(error):
         q.enqueue_many("t", ["fine", data])  # one bad item rejects the whole batch
+    if error is not errors.DataTooLongError:  # without data_length, a batch is encoded whole
+        with pytest.raises(error):
+            sa_pgtq.Queue(clean).enqueue_many("t", ["fine", data])
     assert q.count("t") == 0
 
 
