@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from psycopg2.extensions import parse_dsn
 from sqlalchemy import Connection, Engine, create_engine
@@ -90,6 +91,27 @@ class Binding:
             return
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def single_statement(self, session: Session | None) -> Iterator[Session | Connection]:
+        """For exactly one statement: the caller's session, or an autocommit connection.
+
+        One statement is atomic on its own; autocommit spares the BEGIN and COMMIT
+        round trips. The DBAPI flag is set directly and restored before the
+        connection goes back to the pool: SQLAlchemy's AUTOCOMMIT execution option
+        would send a SET at every check-in instead.
+        """
+        if session is not None:
+            yield self.join(session)
+            return
+        with self.engine.connect() as conn:
+            dbapi: Any = conn.connection.dbapi_connection  # psycopg2 or psycopg 3
+            dbapi.autocommit = True
+            try:
+                yield conn
+            finally:
+                if not dbapi.closed:
+                    dbapi.autocommit = False
 
     @contextmanager
     def orm_transaction(self, session: Session | None) -> Iterator[Session]:

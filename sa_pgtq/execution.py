@@ -133,7 +133,7 @@ def record_failure(queue: Queue, task: Task, exc: BaseException, *, final: bool 
         exc,
         "giving up" if give_up else f"retrying in {delay:.1f}s",
     )
-    with queue.binding.transaction(None) as s:
+    with queue.binding.single_statement(None) as s:
         s.execute(
             queue.sql.retry_task,
             {
@@ -154,7 +154,7 @@ def backoff(base: float, attempts: int) -> float:
 def acknowledge(queue: Queue, token: str, ids: list[int]) -> None:
     """Remove finished tasks of one claim, in one statement and transaction."""
     if ids:
-        with queue.binding.transaction(None) as s:
+        with queue.binding.single_statement(None) as s:
             _remove(s, queue, token, ids)
 
 

@@ -104,7 +104,7 @@ class Queue:
         """Add one message; returns its job id."""
         params = self.job_params(MESSAGE, tag, run_at, delay, priority)
         params["data"] = self.encode(data)
-        with self.binding.transaction(session) as s:
+        with self.binding.single_statement(session) as s:
             return int(s.execute(self.sql.insert_one, params).scalar_one())
 
     def enqueue_many(
@@ -130,7 +130,7 @@ class Queue:
 
         Shared with the task layer.
         """
-        with self.binding.transaction(session) as s:
+        with self.binding.single_statement(session) as s:
             return sorted(s.execute(self.sql.insert_many, params).scalars())
 
     def encode(self, data: Any) -> str:
@@ -172,7 +172,7 @@ class Queue:
     def dequeue_immediate(self, tag: str, session: Session | None = None) -> Any:
         """Remove the next message at once and return its data (None when there is none)."""
         params = self._tag_params(tag)
-        with self.binding.transaction(session) as s:
+        with self.binding.single_statement(session) as s:
             row = s.execute(self.sql.take_next_message, params).first()
             return None if row is None else row[0]
 
@@ -311,7 +311,7 @@ class Queue:
 
     def _seconds_until_due(self, params: dict[str, Any], session: Session | None) -> float:
         """How long to sleep: until the next scheduled message, at most `poll_interval`."""
-        with self.binding.transaction(session) as s:
+        with self.binding.single_statement(session) as s:
             due = s.execute(self.sql.seconds_until_next_message, params).scalar()
         return idle_wait(due, self.poll_interval)
 
@@ -324,13 +324,13 @@ class Queue:
 
     def count(self, tag: str, session: Session | None = None) -> int:
         """Messages with this tag that will still be handed out (failed ones excluded)."""
-        with self.binding.transaction(session) as s:
+        with self.binding.single_statement(session) as s:
             return int(s.execute(self.sql.count_messages, self._tag_params(tag)).scalar_one())
 
     def cancel(self, job_id: int, session: Session | None = None) -> bool:
         """Delete a waiting or failed job of this queue; False if absent or being worked on."""
         params = {"job_id": _job_id(job_id), "queue_name": self.name}
-        with self.binding.transaction(session) as s:
+        with self.binding.single_statement(session) as s:
             return s.execute(self.sql.cancel, params).first() is not None
 
     # -- task layer ----------------------------------------------------------

@@ -209,11 +209,11 @@ class Worker:
             self._leases.drop(token, ids)
 
     def _release(self, token: str, ids: list[int]) -> None:
-        with self.queue.binding.transaction(None) as s:
+        with self.queue.binding.single_statement(None) as s:
             s.execute(self.queue.sql.release_tasks, {"ids": ids, "token": token})
 
     def _idle_wait(self) -> float:
-        with self.queue.binding.transaction(None) as s:
+        with self.queue.binding.single_statement(None) as s:
             due = s.execute(
                 self.queue.sql.seconds_until_next_task, {"queue_name": self.queue.name}
             ).scalar()
