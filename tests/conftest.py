@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
@@ -148,3 +148,41 @@ def next_within(stream: Iterator[Any], seconds: float) -> Any:
     thread.join(seconds)
     assert result, f"still blocked after {seconds}s"
     return result[0]
+
+
+def dequeue_concurrently(q: sa_pgtq.Queue, tag: str, consumers: int) -> list[Any]:
+    """Everything `consumers` threads get from `with q.dequeue(tag)` until it runs dry."""
+    seen: list[Any] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(consumers)
+
+    def consume() -> None:
+        barrier.wait()
+        while True:
+            with q.dequeue(tag) as data:
+                if data is None:
+                    return
+                with lock:
+                    seen.append(data)
+
+    threads = [threading.Thread(target=consume) for _ in range(consumers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return seen
+
+
+def run_record_jobs(
+    workerapp: ModuleType, app: Engine, spawn: Spawn, url: str, jobs: int, workers: int, *opts: str
+) -> None:
+    """Push `jobs` record jobs, drain them with `workers` burst workers, check exactly once."""
+    workerapp.record.push_many([(i,) for i in range(jobs)])
+    procs = [spawn(url, "--burst", *opts) for _ in range(workers)]
+    for proc in procs:
+        assert proc.wait(120) == 0
+    with app.connect() as conn:
+        done = conn.execute(
+            select(func.count(), func.count(workerapp.effects.c.n.distinct()))
+        ).one()
+    assert tuple(done) == (jobs, jobs), "every job ran, and none twice"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
+from conftest import dequeue_concurrently
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, select
 from sqlalchemy.orm import Session
 
@@ -155,24 +154,7 @@ def test_cancel(q: sa_pgtq.Queue, clean: Engine) -> None:
 def test_concurrent_dequeuers_never_share_a_job(q: sa_pgtq.Queue, clean: Engine) -> None:
     n = 400
     q.enqueue_many("t", list(range(n)))
-    seen: list[int] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(6)
-
-    def consume() -> None:
-        barrier.wait()
-        while True:
-            with q.dequeue("t") as data:
-                if data is None:
-                    return
-                with lock:
-                    seen.append(data)
-
-    threads = [threading.Thread(target=consume) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    seen = dequeue_concurrently(q, "t", 6)
     assert sorted(seen) == list(range(n))
     with clean.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sa_pgtq.Job)).scalar_one() == 0

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-from conftest import DRIVERS, Spawn, engine_for, next_within
+from conftest import DRIVERS, Spawn, dequeue_concurrently, engine_for, next_within, run_record_jobs
 from pgbouncer import binary, pgbouncer
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
@@ -89,21 +89,7 @@ def test_concurrent_dequeues_through_two_server_connections_hand_out_each_messag
 ) -> None:
     q = sa_pgtq.Queue(bounced)
     q.enqueue_many("t", list(range(200)))
-    seen: list[int] = []
-
-    def consume() -> None:
-        while True:
-            with q.dequeue("t") as data:
-                if data is None:
-                    return
-                seen.append(data)
-
-    threads = [threading.Thread(target=consume) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert sorted(seen) == list(range(200))
+    assert sorted(dequeue_concurrently(q, "t", 6)) == list(range(200))
     assert q.count("t") == 0
 
 
@@ -138,14 +124,5 @@ def test_listen_bind_keeps_notify_wakeups_behind_pgbouncer(bounced: Engine, db_u
 def test_workers_through_pgbouncer_run_each_job_exactly_once(
     workerapp: ModuleType, app: Engine, spawn: Spawn, bouncer_url: URL
 ) -> None:
-    n = 1000
-    workerapp.record.push_many([(i,) for i in range(n)])
     url = bouncer_url.render_as_string(hide_password=False)
-    workers = [spawn(url, "--burst", "--batch-size", "20") for _ in range(3)]
-    for worker in workers:
-        assert worker.wait(120) == 0
-    with app.connect() as conn:
-        done = conn.execute(
-            select(func.count(), func.count(workerapp.effects.c.n.distinct()))
-        ).one()
-    assert tuple(done) == (n, n), "every job ran, and none twice"
+    run_record_jobs(workerapp, app, spawn, url, 1000, 3, "--batch-size", "20")

@@ -6,24 +6,15 @@ import signal
 from types import ModuleType
 
 import pytest
-from conftest import Spawn, count, wait_for
-from sqlalchemy import Engine, func, select
+from conftest import Spawn, count, run_record_jobs, wait_for
+from sqlalchemy import Engine, select
 
 
 @pytest.mark.slow
 def test_four_workers_run_each_of_thousands_of_jobs_exactly_once(
     workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str
 ) -> None:
-    n = 4000
-    workerapp.record.push_many([(i,) for i in range(n)])
-    workers = [spawn(db_url, "--burst", "--batch-size", "50") for _ in range(4)]
-    for worker in workers:
-        assert worker.wait(120) == 0
-    with app.connect() as conn:
-        done = conn.execute(
-            select(func.count(), func.count(workerapp.effects.c.n.distinct()))
-        ).one()
-    assert tuple(done) == (n, n), "every job ran, and none twice"
+    run_record_jobs(workerapp, app, spawn, db_url, 4000, 4, "--batch-size", "50")
     assert count(app, "SELECT count(*) FROM sa_pgtq_jobs") == 0
 
 
