@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import sa_pgtq
-from sa_pgtq.testing import database_url
+from sa_pgtq.embedded import database_url
 
 FLOOR_DDL = """
 DROP TABLE IF EXISTS rawq;

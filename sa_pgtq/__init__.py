@@ -1,11 +1,12 @@
 """sa_pgtq: a PostgreSQL task queue that lives inside your SQLAlchemy application."""
 
-from . import errors, schema, worker
-from .compat import QueueManager
+from . import errors, pgtq, q4pg, schema, worker
 from .context import current_job, current_session, current_task
+from .handlers import Handler
 from .models import Job, JobMixin
+from .q4pg import QueueManager
 from .queue import Queue
-from .tasks import Handler, Task
+from .tasks import Task
 from .worker import Worker
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "current_session",
     "current_task",
     "errors",
+    "pgtq",
+    "q4pg",
     "schema",
     "worker",
 ]

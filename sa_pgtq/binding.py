@@ -1,29 +1,54 @@
-"""Where a queue's sessions come from, and whose transaction an operation runs in."""
+"""Where a queue's connections come from, whose transaction an operation runs in, and forks.
+
+A queue runs each operation either in the caller's transaction (`join`: an ORM
+Session, a `scoped_session` registry such as Flask-SQLAlchemy's `db.session`,
+or a Core Connection) or in one of its own from the engine's pool (`Binding`).
+
+Fork safety: a child process must never use a connection its parent opened (two
+processes talking over one socket corrupt each other's sessions). Engines that
+sa_pgtq creates forget their pool in a child (`dispose(close=False)`, SQLAlchemy's
+documented pattern); on an engine the application passed in, a pooled connection
+is checked against the pid that opened it before each use and replaced, never
+closed, when it belongs to another process. The drivers close a connection on
+garbage collection only in the process that opened it, so dropping one is safe.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from psycopg2.extensions import parse_dsn
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from .errors import InvalidInputError, InvalidSessionError
 
 Bind = Engine | sessionmaker[Session] | URL | str
+#: What `session=` accepts: the caller's transaction.
+Caller = Session | scoped_session[Session] | Connection
 
 
 def engine_from_url(url: str | URL) -> Engine:
     """An engine for a SQLAlchemy URL, a libpq URI or a libpq key=value DSN.
 
     Bare `postgresql://` URIs (what libpq and q4pg users have) get the psycopg2
-    driver; a URL that names a driver keeps it.
+    driver; a URL that names a driver keeps it. The engine is sa_pgtq's own, so
+    it forgets its pool in a forked child.
     """
     parsed = dsn_to_url(url) if isinstance(url, str) and "://" not in url else make_url(url)
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
-    return create_engine(parsed)
+    engine = create_engine(parsed)
+    _own_engines.add(engine)
+    return engine
 
 
 def dsn_to_url(dsn: str) -> URL:
@@ -52,12 +77,17 @@ class Binding:
         if isinstance(bind, sessionmaker):
             engine = bind.kw.get("bind")
             if not isinstance(engine, Engine):
-                raise TypeError("a sessionmaker passed to Queue must be bound to an Engine")
+                raise InvalidInputError("a sessionmaker passed to Queue must be bound to an Engine")
             self.engine: Engine = engine
             self.sessions: sessionmaker[Session] = bind
-        else:
+        elif isinstance(bind, (Engine, URL, str)):
             self.engine = bind if isinstance(bind, Engine) else engine_from_url(bind)
             self.sessions = sessionmaker(self.engine)
+        else:
+            raise InvalidSessionError(
+                "bind must be an Engine, a sessionmaker, a URL or a DSN string, "
+                f"not {type(bind).__name__}"
+            )
         self.listen_engine: Engine = (
             self.engine
             if listen_bind is None
@@ -67,43 +97,24 @@ class Binding:
         )
         for engine in (self.engine, self.listen_engine):
             if engine.dialect.name != "postgresql":
-                raise ValueError(f"sa_pgtq needs PostgreSQL, not {engine.dialect.name}")
-
-    @staticmethod
-    def join(session: object) -> Session:
-        """The caller's session, checked and flushed: its pending rows go first."""
-        if not isinstance(session, Session):
-            raise TypeError(
-                f"session must be a sqlalchemy.orm.Session, got {type(session).__name__}"
-            )
-        session.flush()
-        return session
+                raise InvalidInputError(f"sa_pgtq needs PostgreSQL, not {engine.dialect.name}")
+            _guard_against_forks(engine)
 
     @contextmanager
-    def transaction(self, session: Session | None) -> Iterator[Session | Connection]:
-        """The caller's session (flushed, never committed here), or a connection, committed.
-
-        Statements that return no ORM entities need no Session of our own, and a
-        plain Connection costs less per call.
-        """
-        if session is not None:
-            yield self.join(session)
-            return
+    def transaction(self) -> Iterator[Connection]:
+        """A connection of our own in a transaction, committed at the end (rolled back on error)."""
         with self.engine.begin() as conn:
             yield conn
 
     @contextmanager
-    def single_statement(self, session: Session | None) -> Iterator[Session | Connection]:
-        """For exactly one statement: the caller's session, or an autocommit connection.
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection of our own in autocommit, for exactly one statement.
 
         One statement is atomic on its own; autocommit spares the BEGIN and COMMIT
         round trips. The DBAPI flag is set directly and restored before the
         connection goes back to the pool: SQLAlchemy's AUTOCOMMIT execution option
         would send a SET at every check-in instead.
         """
-        if session is not None:
-            yield self.join(session)
-            return
         with self.engine.connect() as conn:
             dbapi: Any = conn.connection.dbapi_connection  # psycopg2 or psycopg 3
             dbapi.autocommit = True
@@ -113,12 +124,72 @@ class Binding:
                 if not dbapi.closed:
                     dbapi.autocommit = False
 
-    @contextmanager
-    def orm_transaction(self, session: Session | None) -> Iterator[Session]:
-        """Like `transaction`, for statements that return ORM entities."""
-        if session is not None:
-            yield self.join(session)
-            return
-        # Jobs handed back to the caller must stay readable after this commit.
-        with self.sessions(expire_on_commit=False) as own, own.begin():
-            yield own
+
+class Savepoint(Protocol):
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The caller's transaction: the connection to run on, and how to open a savepoint in it."""
+
+    connection: Connection
+    savepoint: Callable[[], Savepoint]
+
+
+def join(caller: object, model: type) -> Joined:
+    """The caller's transaction, checked; a Session is flushed first, so its rows go first.
+
+    `model` picks the Session's bind for the queue table, as a query on it would.
+    """
+    if isinstance(caller, scoped_session):
+        caller = caller()
+    if isinstance(caller, Session):
+        caller.flush()
+        return Joined(caller.connection(bind_arguments={"mapper": model}), caller.begin_nested)
+    if isinstance(caller, Connection):
+        return Joined(caller, caller.begin_nested)
+    hint = " (the asyncio API takes those)" if "Async" in type(caller).__name__ else ""
+    raise InvalidSessionError(
+        "session must be a sqlalchemy Session, a scoped_session or a Connection, "
+        f"not {type(caller).__name__}{hint}"
+    )
+
+
+# -- fork safety -----------------------------------------------------------------------
+
+_own_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_guarded: weakref.WeakSet[Engine] = weakref.WeakSet()
+_PID = "sa_pgtq_pid"  # key in a pooled connection's info: the pid that opened it
+
+
+def _forget_pools_after_fork() -> None:
+    for engine in list(_own_engines):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+def _guard_against_forks(engine: Engine) -> None:
+    """On an engine sa_pgtq did not create, refuse pooled connections of another process."""
+    if engine in _own_engines or engine in _guarded:
+        return
+    _guarded.add(engine)
+    event.listen(engine, "connect", _remember_pid)
+    event.listen(engine, "checkout", _refuse_other_process)
+
+
+def _remember_pid(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_PID] = os.getpid()
+
+
+def _refuse_other_process(
+    dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+) -> None:
+    # A connection pooled before sa_pgtq saw the engine has no pid: it may be the
+    # parent's, so it is replaced too (once; in its own process the driver closes it).
+    if record.info.get(_PID) != os.getpid():
+        record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
+        raise DisconnectionError("pooled connection of another process; opening a new one")

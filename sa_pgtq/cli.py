@@ -9,7 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import demo
 from .queue import Queue
+from .worker import Worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,8 +53,6 @@ def load_queue(path: str) -> Queue:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "worker":
-        from .worker import Worker
-
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
         queue = load_queue(args.queue)
         Worker(
@@ -62,8 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             lease=args.lease,
         ).run(burst=args.burst)
     elif args.command == "demo":
-        from . import demo
-
         demo.run(args.url)
     return 0
 

@@ -15,29 +15,26 @@ extra transaction, and its completion is acknowledged in a batch.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from .backend import Backend
 from .errors import NoWorkerContextError
 from .models import JobMixin
-
-if TYPE_CHECKING:
-    from .queue import Queue
-    from .tasks import Task
+from .tasks import Task
 
 
 class JobContext:
     """The running task plus its lazily opened Session."""
 
-    def __init__(self, queue: Queue, task: Task) -> None:
-        self.queue = queue
+    def __init__(self, backend: Backend, task: Task) -> None:
+        self.backend = backend
         self.task = task
         self.session: Session | None = None
 
     def open_session(self) -> Session:
         if self.session is None:
-            self.session = self.queue.binding.sessions()
+            self.session = self.backend.binding.sessions()
         return self.session
 
     def close(self) -> None:
@@ -71,7 +68,7 @@ def current_task() -> Task:
 def current_job() -> JobMixin:
     """The running job's row, loaded through `current_session()`."""
     context = _context()
-    job = context.open_session().get(context.queue.model, context.task.id)
+    job = context.open_session().get(context.backend.statements.model, context.task.id)
     if job is None:
         raise NoWorkerContextError(f"job {context.task.id} is no longer in the queue table")
     return job

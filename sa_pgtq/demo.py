@@ -8,8 +8,8 @@ from sqlalchemy import Engine, Integer, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .binding import engine_from_url
+from .embedded import database_url
 from .queue import Queue
-from .testing import database_url
 
 
 class _DemoBase(DeclarativeBase):

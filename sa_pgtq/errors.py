@@ -7,6 +7,8 @@ Bad input is always rejected before anything is written.
 
 from __future__ import annotations
 
+import traceback
+
 
 class SaPgtqError(Exception):
     """Base class of every error sa_pgtq raises on purpose."""
@@ -40,8 +42,15 @@ class DataNotStorableError(InvalidDataError, ValueError):
     """The payload is valid JSON that PostgreSQL cannot store (NUL, lone surrogates)."""
 
 
-class DuplicateHandlerError(SaPgtqError, ValueError):
-    """Two handlers were registered under the same name on one queue."""
+class InvalidSessionError(SaPgtqError, TypeError):
+    """`session=` is neither a Session, a scoped_session registry nor a Connection."""
+
+
+class DuplicateHandlerError(SaPgtqError, ValueError, RuntimeError):
+    """Two handlers were registered under the same name on one queue.
+
+    Also a RuntimeError, which is what pgtq raised: its users' code keeps working.
+    """
 
 
 class UnknownHandlerError(SaPgtqError, LookupError):
@@ -58,3 +67,13 @@ class TaskArgumentsError(SaPgtqError, TypeError):
 
 class WorkerLostError(SaPgtqError, RuntimeError):
     """A task's last allowed try never finished: its worker died or lost the lease."""
+
+
+class LeaseLostError(SaPgtqError, RuntimeError):
+    """A task finished after another worker had taken it over; its outcome was discarded."""
+
+
+def describe_error(exc: BaseException, limit: int = 20_000) -> str:
+    """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2 :]

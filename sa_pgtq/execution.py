@@ -13,26 +13,30 @@ import os
 import random
 import socket
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
-from .codec import describe_error
+from . import gateway
+from .backend import Backend
 from .context import JobContext, activate, deactivate
-from .errors import TaskArgumentsError, UnknownHandlerError, WorkerLostError
-from .models import FAILED, QUEUED
-from .tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_RETRY_DELAY, Task, decode_call
-
-if TYPE_CHECKING:
-    from .queue import Queue
+from .errors import (
+    LeaseLostError,
+    TaskArgumentsError,
+    UnknownHandlerError,
+    WorkerLostError,
+    describe_error,
+)
+from .handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_RETRY_DELAY, HandlerRegistry
+from .tasks import Outcome, Task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 30.0  # seconds a claim stays valid without a heartbeat
 _HOST = socket.gethostname()
+
+#: A claim token and its finished tasks, to be removed together.
+Finished = tuple[str, list[int]]
 
 
 def new_token() -> str:
@@ -40,110 +44,145 @@ def new_token() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def claim(
-    queue: Queue,
-    limit: int,
-    lease: float,
-    session: Session | None = None,
-    *,
-    finished: tuple[str, list[int]] | None = None,
-) -> list[Task]:
-    """Claim up to `limit` due tasks of `queue`, in dequeue order.
+class Executor:
+    """Claims a queue's tasks, runs their handlers and records the outcomes."""
 
-    `finished` (a claim token and task ids) are removed in the same transaction.
-    """
-    token = new_token()
-    params = {
-        "queue_name": queue.name,
-        "limit": limit,
-        "token": token,
-        "lease": timedelta(seconds=lease),
-    }
-    with queue.binding.transaction(session) as s:
-        if finished is not None and finished[1]:
-            _remove(s, queue, *finished)
-        claimed = s.execute(queue.sql.claim_tasks, params).all()
-    # RETURNING has no order of its own; run them in the order they were chosen.
-    rows = sorted(claimed, key=lambda row: (-row.priority, row.run_at, row.id))
-    tasks = []
-    for row in rows:
-        try:
-            args, kwargs = decode_call(row.data)
-        except TaskArgumentsError as exc:
-            # A payload no handler can take never will: fail it for good, visibly.
-            broken = Task(row.id, row.tag, (), {}, row.attempts, token, queue)
-            record_failure(queue, broken, exc, final=True)
-            continue
-        tasks.append(Task(row.id, row.tag, args, kwargs, row.attempts, token, queue))
-    return tasks
+    def __init__(self, backend: Backend, handlers: HandlerRegistry) -> None:
+        self.backend = backend
+        self.handlers = handlers
 
+    def claim(
+        self,
+        limit: int,
+        lease: float,
+        caller: object = None,
+        *,
+        finished: list[Finished] | None = None,
+    ) -> list[Task]:
+        """Claim up to `limit` due tasks, in dequeue order.
 
-@dataclass(frozen=True)
-class Outcome:
-    succeeded: bool
-    needs_ack: bool  # succeeded without a session: the caller removes it (in a batch)
-
-
-def execute(queue: Queue, task: Task) -> Outcome:
-    """Run one claimed task's handler; record a failure, or commit its session with the ack."""
-    handler = queue.tasks.get(task.name)
-    context = JobContext(queue, task)
-    reset = activate(context)
-    try:
-        if handler is None:
-            raise UnknownHandlerError(f"no handler named {task.name!r} is registered on {queue!r}")
-        if task.attempts > handler.max_attempts:
-            raise WorkerLostError(
-                f"gave up after {handler.max_attempts} attempts: the last one never finished"
+        `finished` tasks are removed in the same transaction: one commit for both.
+        """
+        token = new_token()
+        backend = self.backend
+        with backend.connection(caller, atomic=True) as conn:
+            self._acknowledge_on(conn, finished or [])
+            claimed = gateway.claim_tasks(
+                conn, backend.statements, backend.queue_name, limit, token, lease
             )
-        handler.func(*task.args, **task.kwargs)
-        if context.session is None:
-            return Outcome(succeeded=True, needs_ack=True)
-        # The handler's writes and the job's removal commit together, or not at all.
-        session = context.session
-        params = {"ids": [task.id], "token": task.token}
-        if session.execute(queue.sql.ack_tasks, params).first() is None:
-            session.rollback()
-            log.warning("task %s: lease lost while running; its writes were rolled back", task.id)
-            return Outcome(succeeded=False, needs_ack=False)
-        session.commit()
-        return Outcome(succeeded=True, needs_ack=False)
-    except Exception as exc:
-        context.close()  # the handler's uncommitted writes go first
-        record_failure(queue, task, exc)
-        return Outcome(succeeded=False, needs_ack=False)
-    finally:
-        deactivate(reset)
-        context.close()
+        tasks = []
+        for row in claimed:
+            try:
+                args, kwargs = decode_call(row.data)
+            except TaskArgumentsError as exc:
+                # A payload no handler can take never will: fail it for good, visibly.
+                broken = Task(row.id, row.name, (), {}, row.attempts, token, self)
+                self.record_failure(broken, exc, final=True)
+                continue
+            tasks.append(Task(row.id, row.name, args, kwargs, row.attempts, token, self))
+        return tasks
 
+    def run_claimed(self, task: Task) -> Outcome:
+        """Run one claimed task's handler; record a failure, or commit its session with the ack.
 
-def record_failure(queue: Queue, task: Task, exc: BaseException, *, final: bool = False) -> None:
-    """Queue the task again after a backoff, or keep it as `failed` once out of attempts."""
-    handler = queue.tasks.get(task.name)
-    max_attempts = handler.max_attempts if handler else DEFAULT_MAX_ATTEMPTS
-    base_delay = handler.retry_delay if handler else DEFAULT_RETRY_DELAY
-    give_up = final or task.attempts >= max_attempts
-    delay = 0.0 if give_up else backoff(base_delay, task.attempts)
-    log.log(
-        logging.ERROR if give_up else logging.WARNING,
-        "task %s (%s) failed on attempt %s: %r; %s",
-        task.id,
-        task.name,
-        task.attempts,
-        exc,
-        "giving up" if give_up else f"retrying in {delay:.1f}s",
-    )
-    with queue.binding.single_statement(None) as s:
-        s.execute(
-            queue.sql.retry_task,
-            {
-                "job_id": task.id,
-                "token": task.token,
-                "state": FAILED if give_up else QUEUED,
-                "delay": timedelta(seconds=delay),
-                "error": describe_error(exc),
-            },
+        A success without a session is left to the caller to acknowledge (`needs_ack`),
+        so that a worker can remove finished tasks in batches.
+        """
+        handler = self.handlers.get(task.name)
+        context = JobContext(self.backend, task)
+        reset = activate(context)
+        try:
+            if handler is None:
+                raise UnknownHandlerError(
+                    f"no handler named {task.name!r} is registered on queue "
+                    f"{self.backend.queue_name!r}"
+                )
+            if task.attempts > handler.max_attempts:
+                raise WorkerLostError(
+                    f"gave up after {handler.max_attempts} attempts: the last one never finished"
+                )
+            result = handler.func(*task.args, **task.kwargs)
+            if context.session is None:
+                return Outcome(succeeded=True, result=result, needs_ack=True)
+            # The handler's writes and the job's removal commit together, or not at all.
+            session = context.session
+            if not gateway.acknowledge_tasks(
+                session.connection(), self.backend.statements, task.token, [task.id]
+            ):
+                session.rollback()
+                log.warning(
+                    "task %s: lease lost while running; its writes were rolled back", task.id
+                )
+                return Outcome(succeeded=False, result=result, error=_lease_lost(task))
+            session.commit()
+            return Outcome(succeeded=True, result=result)
+        except Exception as exc:
+            context.close()  # the handler's uncommitted writes go first
+            self.record_failure(task, exc)
+            return Outcome(succeeded=False, error=exc)
+        finally:
+            deactivate(reset)
+            context.close()
+
+    def run_popped(self, task: Task) -> Outcome:
+        """Run a task taken with `Queue.pop()` and remove it at once when it succeeds."""
+        outcome = self.run_claimed(task)
+        if outcome.needs_ack:
+            self.acknowledge([(task.token, [task.id])])
+        return outcome
+
+    def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> None:
+        """Queue the task again after a backoff, or keep it as `failed` once out of attempts."""
+        handler = self.handlers.get(task.name)
+        max_attempts = handler.max_attempts if handler else DEFAULT_MAX_ATTEMPTS
+        base_delay = handler.retry_delay if handler else DEFAULT_RETRY_DELAY
+        give_up = final or task.attempts >= max_attempts
+        delay = 0.0 if give_up else backoff(base_delay, task.attempts)
+        log.log(
+            logging.ERROR if give_up else logging.WARNING,
+            "task %s (%s) failed on attempt %s: %r; %s",
+            task.id,
+            task.name,
+            task.attempts,
+            exc,
+            "giving up" if give_up else f"retrying in {delay:.1f}s",
         )
+        self.backend.run(
+            None,
+            gateway.retry_task,
+            task.id,
+            task.token,
+            give_up=give_up,
+            delay=delay,
+            error=describe_error(exc),
+        )
+
+    def acknowledge(self, finished: list[Finished]) -> None:
+        """Remove finished tasks (of one claim or several) in one transaction."""
+        with self.backend.connection(None, atomic=len(finished) > 1) as conn:
+            self._acknowledge_on(conn, finished)
+
+    def release(self, token: str, ids: list[int]) -> None:
+        """Put claimed tasks that never started back, untouched (a graceful shutdown)."""
+        self.backend.run(None, gateway.release_tasks, token, ids)
+
+    def _acknowledge_on(self, conn: Connection, finished: list[Finished]) -> None:
+        for token, ids in finished:
+            removed = gateway.acknowledge_tasks(conn, self.backend.statements, token, ids)
+            if removed < len(ids):
+                log.warning(
+                    "%d finished tasks had lost their lease and may run again", len(ids) - removed
+                )
+
+
+def decode_call(data: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The (args, kwargs) stored in a task's data; anything else is a malformed task."""
+    if not isinstance(data, dict) or not isinstance(data.get("args"), list):
+        raise TaskArgumentsError(f"malformed task payload: {data!r}")
+    kwargs = data.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise TaskArgumentsError(f"malformed task payload: {data!r}")
+    return tuple(data["args"]), kwargs
 
 
 def backoff(base: float, attempts: int) -> float:
@@ -151,14 +190,5 @@ def backoff(base: float, attempts: int) -> float:
     return min(MAX_RETRY_DELAY, base * 2.0 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0)
 
 
-def acknowledge(queue: Queue, token: str, ids: list[int]) -> None:
-    """Remove finished tasks of one claim, in one statement and transaction."""
-    if ids:
-        with queue.binding.single_statement(None) as s:
-            _remove(s, queue, token, ids)
-
-
-def _remove(s: Session | Connection, queue: Queue, token: str, ids: list[int]) -> None:
-    removed = len(s.execute(queue.sql.ack_tasks, {"ids": ids, "token": token}).all())
-    if removed < len(ids):
-        log.warning("%d finished tasks had lost their lease and may run again", len(ids) - removed)
+def _lease_lost(task: Task) -> LeaseLostError:
+    return LeaseLostError(f"task {task.id} was taken over by another worker before it finished")

@@ -4,11 +4,12 @@ One definition serves three callers, so they cannot drift apart:
 - the shipped revisions in `sa_pgtq.migrations` (the `sa_pgtq` branch);
 - a host application's own revision, Oban style:
   `schema.upgrade(op, to_version=1, table_name="my_jobs")`;
-- `Queue.create_table()`, which runs the same steps on a plain connection.
+- `Queue.create_table()`, which runs the same steps on a plain connection (`operations`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -22,6 +23,11 @@ from .models import DEFAULT_TABLE, FAILED, MESSAGE, QUEUED, RUNNING, TASK, queue
 #: (a JSON array [table, queue, kind, tag]) says what arrived. A fixed channel means
 #: no user-chosen name ever reaches LISTEN, which cannot take a bound parameter.
 CHANNEL = "sa_pgtq"
+
+
+def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:
+    """The payload the INSERT trigger sends, for wake-ups sent from Python."""
+    return json.dumps([table, queue, kind, tag])
 
 
 def _quote(op: Operations, name: str) -> str:
@@ -134,19 +140,9 @@ def _check_range(low: int, high: int) -> None:
         raise ValueError(f"schema versions run from 0 to {LATEST}; got {low}..{high}")
 
 
-def create_all(connection: sa.Connection, table_name: str = DEFAULT_TABLE) -> bool:
-    """Create the queue table on `connection` unless it exists; True if it was created.
-
-    A transaction-scoped advisory lock makes concurrent callers (several test or
-    script processes starting together) wait for one another instead of racing.
-    """
-    connection.execute(
-        sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.bindparam("key", CHANNEL))))
-    )
-    if sa.inspect(connection).has_table(table_name):
-        return False
-    upgrade(Operations(MigrationContext.configure(connection)), table_name=table_name)
-    return True
+def operations(connection: sa.Connection) -> Operations:
+    """Alembic operations on a plain connection, to run the steps outside a migration."""
+    return Operations(MigrationContext.configure(connection))
 
 
 def include_object(

@@ -6,22 +6,18 @@ import importlib
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text
+from helpers import DRIVERS, Spawn, engine_for
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
-from sa_pgtq.testing import database_url
-
-DRIVERS = ("psycopg2", "psycopg")
+from sa_pgtq.embedded import database_url
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +41,6 @@ def db_url(server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-def engine_for(db_url: str, driver: str) -> Engine:
-    return create_engine(make_url(db_url).set(drivername=f"postgresql+{driver}"))
 
 
 @pytest.fixture(scope="session", params=DRIVERS)
@@ -75,7 +67,6 @@ def q(clean: Engine) -> sa_pgtq.Queue:
 # -- worker processes ---------------------------------------------------------------
 
 HERE = Path(__file__).resolve().parent  # workerapp.py lives here
-Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
@@ -119,70 +110,3 @@ def app(workerapp: ModuleType) -> Engine:
         workerapp.metadata.create_all(conn)
         conn.execute(text("TRUNCATE sa_pgtq_jobs"))
     return engine
-
-
-def wait_ready(proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    """Until the worker has installed its signal handlers (it logs "worker ready")."""
-    path = Path(proc.log_path)  # type: ignore[attr-defined]
-    wait_for(lambda: b"worker ready" in path.read_bytes(), seconds)
-
-
-def count(engine: Engine, sql: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(sql)).scalar_one())
-
-
-def wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting after {seconds}s")
-        time.sleep(0.05)
-
-
-def next_within(stream: Iterator[Any], seconds: float) -> Any:
-    """next(stream), or fail after `seconds` instead of hanging the suite."""
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(next(stream)), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert result, f"still blocked after {seconds}s"
-    return result[0]
-
-
-def dequeue_concurrently(q: sa_pgtq.Queue, tag: str, consumers: int) -> list[Any]:
-    """Everything `consumers` threads get from `with q.dequeue(tag)` until it runs dry."""
-    seen: list[Any] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(consumers)
-
-    def consume() -> None:
-        barrier.wait()
-        while True:
-            with q.dequeue(tag) as data:
-                if data is None:
-                    return
-                with lock:
-                    seen.append(data)
-
-    threads = [threading.Thread(target=consume) for _ in range(consumers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return seen
-
-
-def run_record_jobs(
-    workerapp: ModuleType, app: Engine, spawn: Spawn, url: str, jobs: int, workers: int, *opts: str
-) -> None:
-    """Push `jobs` record jobs, drain them with `workers` burst workers, check exactly once."""
-    workerapp.record.push_many([(i,) for i in range(jobs)])
-    procs = [spawn(url, "--burst", *opts) for _ in range(workers)]
-    for proc in procs:
-        assert proc.wait(120) == 0
-    with app.connect() as conn:
-        done = conn.execute(
-            select(func.count(), func.count(workerapp.effects.c.n.distinct()))
-        ).one()
-    assert tuple(done) == (jobs, jobs), "every job ran, and none twice"

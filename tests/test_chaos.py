@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Spawn, count, wait_for, wait_ready
+from helpers import Spawn, count, wait_for, wait_ready
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
-from sa_pgtq.testing import EmbeddedServer, embedded_server
+from sa_pgtq.embedded import EmbeddedServer, embedded_server
 
 JOBS = 1200
 JOB_SECONDS = 0.02  # enough work that kills and the restart land mid-run

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import dequeue_concurrently
+from helpers import dequeue_concurrently
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, select
 from sqlalchemy.orm import Session
 
@@ -110,17 +110,18 @@ def test_in_callers_session_success_commits_with_the_caller(
 def test_excepted_times_to_ignore_keeps_poison_messages_visible(clean: Engine) -> None:
     q = sa_pgtq.Queue(clean, excepted_times_to_ignore=2)
     job_id = q.enqueue("t", "poison")
-    for _ in range(3):
+    for _ in range(2):
         with pytest.raises(ValueError), q.dequeue("t") as data:
             assert data == "poison"
             raise ValueError("cannot handle")
     with q.dequeue("t") as data:
-        assert data is None, "failed more than 2 times: no longer handed out"
+        assert data is None, "failed 2 times: no longer handed out, as in q4pg"
     assert q.count("t") == 0
+    assert [job.id for job in q.failed()] == [job_id]
     with Session(clean) as s:
         job = s.get(sa_pgtq.Job, job_id)
         assert job is not None, "ignored, not deleted"
-        assert (job.state, job.attempts) == (FAILED, 3)
+        assert (job.state, job.attempts) == (FAILED, 2)
         assert job.last_error is not None and "cannot handle" in job.last_error
 
 

@@ -150,7 +150,7 @@ def test_bad_tags_raise_value_errors_and_write_nothing(q: sa_pgtq.Queue, tag: ob
             op(tag)  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidTagError):
         q.listen(tag)  # type: ignore[arg-type]
-    with q.binding.engine.connect() as conn:
+    with q.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM sa_pgtq_jobs")).scalar_one() == 0
 
 

@@ -53,11 +53,11 @@ def normalised(value: object) -> object:
 def test_payloads_and_tags_round_trip_or_are_rejected(
     q: sa_pgtq.Queue, data: object, tag: str
 ) -> None:
-    before = jobs_in_table(q.binding.engine)
+    before = jobs_in_table(q.engine)
     try:
         job_id = q.enqueue(tag, data)
     except (errors.InvalidDataError, errors.InvalidTagError):
-        assert jobs_in_table(q.binding.engine) == before, "a rejected job must leave no row"
+        assert jobs_in_table(q.engine) == before, "a rejected job must leave no row"
         return
     job = q.dequeue_item_immediate(tag)
     assert job is not None and job.id == job_id and job.tag == tag
@@ -85,11 +85,11 @@ def assert_same_json(got: object, expected: object) -> None:
 def test_a_batch_is_stored_whole_or_not_at_all(
     q: sa_pgtq.Queue, datas: list[object], tag: str
 ) -> None:
-    before = jobs_in_table(q.binding.engine)
+    before = jobs_in_table(q.engine)
     try:
         ids = q.enqueue_many(tag, datas)
     except (errors.InvalidDataError, errors.InvalidTagError):
-        assert jobs_in_table(q.binding.engine) == before
+        assert jobs_in_table(q.engine) == before
         return
     assert len(ids) == len(datas)
     assert [q.dequeue_immediate(tag) is not None or d is None for d in datas] == [True] * len(datas)
@@ -99,4 +99,4 @@ def test_a_batch_is_stored_whole_or_not_at_all(
 def test_non_standard_json_numbers_are_rejected(q: sa_pgtq.Queue, bad: object) -> None:
     with pytest.raises(errors.DataNotSerializableError):
         q.enqueue("t", bad)
-    assert jobs_in_table(q.binding.engine) == 0
+    assert jobs_in_table(q.engine) == 0

@@ -8,7 +8,7 @@ import textwrap
 import threading
 import time
 
-from conftest import next_within
+from helpers import next_within
 from sqlalchemy import Engine
 from tcpproxy import TcpProxy
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-from conftest import DRIVERS, Spawn, dequeue_concurrently, engine_for, next_within, run_record_jobs
+from helpers import DRIVERS, Spawn, dequeue_concurrently, engine_for, next_within, run_record_jobs
 from pgbouncer import binary, pgbouncer
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL

@@ -203,13 +203,13 @@ def test_unknown_handlers_fail_visibly_instead_of_sticking(
 
     only_in_the_producer.push()
     worker = sa_pgtq.Worker(tq, install_signal_handlers=False)  # tq has no such handler
-    for _ in range(sa_pgtq.tasks.DEFAULT_MAX_ATTEMPTS):
+    for _ in range(sa_pgtq.handlers.DEFAULT_MAX_ATTEMPTS):
         with clean.begin() as conn:  # skip the backoff wait
             conn.execute(text("UPDATE sa_pgtq_jobs SET run_at = now() WHERE state = 'queued'"))
         worker.run(burst=True)
     (job,) = tq.failed()
     assert job.last_error is not None and "UnknownHandlerError" in job.last_error
-    assert job.attempts == sa_pgtq.tasks.DEFAULT_MAX_ATTEMPTS
+    assert job.attempts == sa_pgtq.handlers.DEFAULT_MAX_ATTEMPTS
 
 
 def test_priority_and_schedule_order(tq: sa_pgtq.Queue) -> None:
@@ -293,3 +293,18 @@ def test_concurrency_runs_tasks_side_by_side(tq: sa_pgtq.Queue) -> None:
     sa_pgtq.Worker(tq, concurrency=2, install_signal_handlers=False).run(burst=True)
     assert tq.failed() == [] and tq.pop() is None
     assert len(threads) == 2
+
+
+def test_a_worker_runs_on_when_its_listen_connection_cannot_connect(
+    tq: sa_pgtq.Queue, clean: Engine
+) -> None:
+    # As when a worker starts while PostgreSQL restarts: it must poll, not die.
+    q = sa_pgtq.Queue(clean, name="test_queue", listen_bind="postgresql://x@127.0.0.1:1/x")
+
+    @q.handler()
+    def record(n: int) -> None:
+        sa_pgtq.current_session().execute(effects.insert().values(n=n))
+
+    record.push(7)
+    burst(q)
+    assert effect_rows(clean) == [7]

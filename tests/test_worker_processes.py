@@ -6,7 +6,7 @@ import signal
 from types import ModuleType
 
 import pytest
-from conftest import Spawn, count, run_record_jobs, wait_for
+from helpers import Spawn, count, run_record_jobs, wait_for
 from sqlalchemy import Engine, select
 
 

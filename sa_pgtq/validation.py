@@ -1,4 +1,4 @@
-"""Turning user input into values PostgreSQL will store, or a clear error.
+"""Checking user input and turning it into values PostgreSQL will store, or a clear error.
 
 Everything here runs before any SQL is sent, which is what makes "bad input
 writes nothing" hold: a batch is validated whole before its single INSERT.
@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import traceback
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import (
     DataNotSerializableError,
@@ -145,12 +144,6 @@ def check_options(data_type: object, data_length: object, excepted_times_to_igno
             raise InvalidInputError(f"{name} must be a non-negative int, got {value!r}")
 
 
-def describe_error(exc: BaseException, limit: int = 20_000) -> str:
-    """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
-
-
 def check_timeout(timeout: object, what: str = "timeout") -> float | None:
     if timeout is None:
         return None
@@ -159,3 +152,24 @@ def check_timeout(timeout: object, what: str = "timeout") -> float | None:
     if not math.isfinite(timeout) or timeout <= 0:
         raise InvalidInputError(f"{what} must be a positive, finite number of seconds")
     return float(timeout)
+
+
+def check_job_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"a job id must be an int, got {type(value).__name__}")
+    return value
+
+
+def new_job_params(
+    queue_name: str, kind: str, tag: object, run_at: object, delay: object, priority: object
+) -> dict[str, Any]:
+    """Checked parameters shared by every INSERT of jobs (all checks before any write)."""
+    checked_run_at, checked_delay = check_schedule(run_at, delay)
+    return {
+        "queue_name": queue_name,
+        "kind": kind,
+        "tag": check_name(tag),
+        "priority": check_priority(priority),
+        "run_at": checked_run_at,
+        "delay": checked_delay,
+    }

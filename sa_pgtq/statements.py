@@ -1,16 +1,18 @@
-"""Every statement sa_pgtq sends, built once per queue table.
+"""Every statement sa_pgtq sends, built once per queue table (`statements_for`).
 
-All values (queue names, tags, payloads, ids) travel as bound parameters; the
-only identifiers in the SQL are the table's own columns, quoted by SQLAlchemy.
+Only `gateway` executes them. All values (queue names, tags, payloads, ids)
+travel as bound parameters; the only identifiers in the SQL are the table's own
+columns, quoted by SQLAlchemy.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     TIMESTAMP,
     BigInteger,
+    Boolean,
     ColumnElement,
     Insert,
     Interval,
@@ -26,6 +28,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    not_,
     or_,
     select,
     text,
@@ -67,8 +70,13 @@ def _seconds_until_due(table: Any, waiting: ColumnElement[bool]) -> Select[Any]:
     )
 
 
+#: The order messages are handed out in: sa_pgtq's (priority, then run_at, then
+#: insertion), or q4pg's (id: a retried message goes before newer ones).
+Order = Literal["priority", "id"]
+
+
 class Statements:
-    """The statements of one queue table. Parameters are named in each docstring."""
+    """The statements of one queue table. Parameters are named in each comment."""
 
     def __init__(self, model: type[JobMixin]) -> None:
         table = model.__table__  # type: ignore[attr-defined]
@@ -125,32 +133,26 @@ class Statements:
             .returning(c.id)
         )
 
-        next_message_id = (
-            select(c.id)
-            .where(ready_messages)
-            .order_by(*self.dequeue_order)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        #: queue_name, tag -> (data,) of the message removed at once
-        self.take_next_message: ReturningDelete[Any] = (
-            delete(table).where(c.id == next_message_id).returning(c.data)
-        )
-        #: queue_name, tag -> the removed message as an ORM entity
-        self.take_next_message_item: ReturningDelete[Any] = (
-            delete(model).where(model.id == next_message_id).returning(model)
-        )
-        # A transactional dequeue removes the message first: its row stays locked until
-        # the commit, and success costs no second statement. A failure puts the row back.
+        # A message is removed in the first statement that finds it: its row stays locked
+        # until the commit, and a transactional dequeue that succeeds needs no second
+        # statement. A failure puts the row back (restore_message).
         kept = [col for col in table.c if col.name != "data"]
-        #: queue_name, tag -> every column of the message removed (data as JSON text)
-        self.claim_next_message: ReturningDelete[Any] = (
-            delete(table)
-            .where(c.id == next_message_id)
+        #: queue_name, tag -> every column of the next due message, removed (data as JSON text)
+        self.remove_next_message: dict[Order, ReturningDelete[Any]] = {
+            order: delete(table)
+            .where(
+                c.id
+                == select(c.id)
+                .where(ready_messages)
+                .order_by(*(self.dequeue_order if order == "priority" else (c.id,)))
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
             .returning(*kept, cast(c.data, Text).label("data"))
-        )
-        #: what claim_next_message returned (run_at None: now, at the tail) -> the row back
+            for order in ("priority", "id")
+        }
+        #: what remove_next_message returned (run_at None: now, at the tail) -> the row back
         self.restore_message: Insert = insert(table).values(
             {
                 **{col.name: bindparam(col.name, type_=col.type) for col in kept},
@@ -160,14 +162,15 @@ class Statements:
                 ),
             }
         )
-        #: queue_name, tag -> number of waiting messages
-        self.count_messages: Select[Any] = (
-            select(func.count()).select_from(table).where(waiting_messages)
+        # q4pg counts and lists only what is due unless asked for the scheduled ones too.
+        listed = and_(
+            waiting_messages,
+            or_(not_(bindparam("due_only", type_=Boolean)), c.run_at <= func.now()),
         )
-        #: queue_name, tag -> waiting messages in dequeue order
-        self.list_messages: Select[Any] = (
-            select(model).where(waiting_messages).order_by(*self.dequeue_order)
-        )
+        #: queue_name, tag, due_only -> number of waiting messages
+        self.count_messages: Select[Any] = select(func.count()).select_from(table).where(listed)
+        #: queue_name, tag, due_only -> waiting messages (every column) in dequeue order
+        self.list_messages: Select[Any] = select(table).where(listed).order_by(*self.dequeue_order)
         #: queue_name, tag -> seconds until the earliest waiting message is due (None: none)
         self.seconds_until_next_message = _seconds_until_due(table, waiting_messages)
         #: job_id, queue -> id if a waiting or failed job was deleted; a locked one is skipped
@@ -186,12 +189,12 @@ class Statements:
             )
             .returning(c.id)
         )
-        self._task_statements(model)
+        self._task_statements()
 
         #: payload -> wake listeners (the trigger does this for INSERTs)
         self.notify: Select[Any] = select(func.pg_notify(CHANNEL, bindparam("payload", type_=Text)))
 
-    def _task_statements(self, model: type[JobMixin]) -> None:
+    def _task_statements(self) -> None:
         table, c = self.table, self.table.c
         queue = bindparam("queue_name", type_=Text)
         token = bindparam("token", type_=Text)
@@ -264,9 +267,9 @@ class Statements:
         )
         #: queue_name -> seconds until the earliest waiting task is due (None: there is none)
         self.seconds_until_next_task = _seconds_until_due(table, waiting_tasks)
-        #: queue_name, tag (None: any) -> failed jobs, oldest first
+        #: queue_name, tag (None: any) -> failed jobs (every column), oldest first
         self.list_failed: Select[Any] = (
-            select(model)
+            select(table)
             .where(
                 c.queue == queue,
                 c.state == const(FAILED),
@@ -285,10 +288,12 @@ class Statements:
         )
 
 
-#: The fixed channel is sa_pgtq's own constant; LISTEN cannot take a bound parameter.
-LISTEN = f"LISTEN {CHANNEL}"
-PING = "SELECT 1"
-BACKEND_PID = "SELECT pg_backend_pid()"
-#: Lets operators (and tests) tell listener connections apart in pg_stat_activity.
-LISTENER_NAME = "sa_pgtq listener"
-NAME_LISTENER = f"SET application_name = '{LISTENER_NAME}'"
+_built: dict[type[JobMixin], Statements] = {}
+
+
+def statements_for(model: type[JobMixin]) -> Statements:
+    """The statements of `model`'s table, built once: queues on one table share them."""
+    statements = _built.get(model)
+    if statements is None:
+        statements = _built[model] = Statements(model)
+    return statements

@@ -27,10 +27,10 @@ import threading
 import time
 from typing import Any, SupportsFloat
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from . import gateway
 from .schema import CHANNEL
-from .sql import BACKEND_PID, LISTEN, NAME_LISTENER, PING
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ def idle_wait(seconds_until_due: SupportsFloat | None, poll_interval: float) -> 
     return min(max(float(seconds_until_due), 0.0), poll_interval)
 
 
-def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:
-    """The payload the INSERT trigger sends, for wake-ups sent from Python."""
-    return json.dumps([table, queue, kind, tag])
-
-
 class Listener:
     def __init__(
         self,
@@ -68,23 +63,31 @@ class Listener:
         self._tag = tag
         self._poll_interval = poll_interval
         self._ping_timeout = max(poll_interval, MIN_PING_TIMEOUT)
-        self._conn: Any = None  # the DBAPI connection (psycopg2 or psycopg 3)
+        self._conn: Connection | None = None  # detached from the pool: ours alone
+        self._driver: Any = None  # its DBAPI connection (psycopg2 or psycopg 3), for notifies
+        self._pid = 0  # the process that opened it
         self._pooled = False  # behind a transaction pooler: poll, never LISTEN
 
     def __enter__(self) -> Listener:
-        self._connect()
+        try:
+            self._connect()
+        except Exception as exc:
+            # The server may be restarting: poll meanwhile; `wait` reconnects (and says yes).
+            log.warning("could not LISTEN (%s); polling until it reconnects", exc)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None and self._pid == os.getpid():
             try:
                 conn.close()
             except Exception:  # already broken: nothing left to release
                 log.debug("closing a broken LISTEN connection failed", exc_info=True)
+        # In a forked child the connection is the parent's: it is dropped, never closed
+        # (a close would end the parent's session; the driver skips it on collection).
 
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds; True when there may be new work.
@@ -97,7 +100,8 @@ class Listener:
             if self._pooled:
                 time.sleep(max(timeout, 0.0))
                 return True
-            if self._conn is None:
+            if self._conn is None or self._pid != os.getpid():
+                self.close()
                 self._connect()
                 return True  # notifications may have been missed while disconnected
             while (left := deadline - time.monotonic()) > 0:
@@ -114,18 +118,11 @@ class Listener:
             return True
 
     def _connect(self) -> None:
-        checkout = self._engine.raw_connection()
-        conn = checkout.driver_connection
-        if conn is None:
-            raise RuntimeError(
-                "the engine's pool returned a connection without a driver connection"
-            )
-        checkout.detach()  # ours alone: closed, not returned, when we are done
-        conn.autocommit = True
-        cursor = conn.cursor()
-        cursor.execute(BACKEND_PID)
+        conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn.detach()  # ours alone: closed, not returned, when we are done
+        driver: Any = conn.connection.dbapi_connection  # psycopg2's or psycopg's own
         # A pooler hands the client a made-up backend pid (its own cancel key).
-        if cursor.fetchone()[0] != conn.info.backend_pid:
+        if gateway.backend_pid(conn) != driver.info.backend_pid:
             conn.close()
             self._pooled = True
             url = self._engine.url.render_as_string()
@@ -138,23 +135,22 @@ class Listener:
             )
             _warned_pooled.add(url)
             return
-        cursor.execute(NAME_LISTENER)
-        cursor.execute(LISTEN)
-        self._conn = conn
+        gateway.start_listening(conn)
+        self._conn, self._driver, self._pid = conn, driver, os.getpid()
 
     def _ping(self) -> None:
         """A round trip; a silently dead connection is cut after `ping_timeout` seconds."""
-        conn = self._conn
-        watchdog = threading.Timer(self._ping_timeout, _cut, (conn.fileno(),))
+        assert self._conn is not None
+        watchdog = threading.Timer(self._ping_timeout, _cut, (self._driver.fileno(),))
         watchdog.daemon = True
         watchdog.start()
         try:
-            conn.cursor().execute(PING)
+            gateway.ping(self._conn)
         finally:
             watchdog.cancel()
 
     def _receive(self, timeout: float) -> list[str]:
-        conn = self._conn
+        conn = self._driver
         if hasattr(conn, "poll"):  # psycopg2
             if select.select([conn], [], [], timeout)[0]:
                 conn.poll()

@@ -1,0 +1,62 @@
+"""A queue's place in the database, and where each gateway call runs.
+
+`Backend` ties a queue name to its table's statements and its database binding.
+`run` and `run_atomic` execute one `gateway` function in the caller's
+transaction when there is one (never committing it), else in one of the
+queue's own. The message layer, the task layer and the worker all go through
+here, so "whose transaction" is decided in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Connection
+
+from .binding import Binding, join
+from .statements import Statements
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Operation = Callable[Concatenate[Connection, Statements, P], R]
+
+
+class Backend:
+    def __init__(self, binding: Binding, statements: Statements, queue_name: str) -> None:
+        self.binding = binding
+        self.statements = statements
+        self.queue_name = queue_name
+
+    @property
+    def table_name(self) -> str:
+        return str(self.statements.table.name)
+
+    def run(
+        self, caller: object, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """An operation of one statement: in the caller's transaction, else in autocommit."""
+        with self.connection(caller, atomic=False) as conn:
+            return operation(conn, self.statements, *args, **kwargs)
+
+    def run_atomic(
+        self, caller: object, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """An operation of several statements: in the caller's transaction, else in our own."""
+        with self.connection(caller, atomic=True) as conn:
+            return operation(conn, self.statements, *args, **kwargs)
+
+    @contextmanager
+    def connection(self, caller: object, *, atomic: bool) -> Iterator[Connection]:
+        """The caller's connection (flushed, never committed here), or one of our own.
+
+        Our own is committed at the end; with `atomic=False` it runs in autocommit,
+        for exactly one statement.
+        """
+        if caller is not None:
+            yield join(caller, self.statements.model).connection
+            return
+        with self.binding.transaction() if atomic else self.binding.autocommit() as own:
+            yield own

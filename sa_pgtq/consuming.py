@@ -1,0 +1,189 @@
+"""Handing messages out: the transactional hold behind `dequeue`, `take`, and `listen`.
+
+These are shaped by I/O (a transaction held open while the caller's block runs,
+a loop that sleeps on LISTEN), so they live apart from the statements they run.
+`Rules` carries the few places where q4pg's `QueueManager` hands messages out
+differently from `Queue`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from . import gateway
+from .backend import Backend
+from .binding import Savepoint, join
+from .errors import describe_error
+from .gateway import MessageRow
+from .listener import Listener, idle_wait
+from .models import MESSAGE
+from .statements import Order
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a queue hands out messages.
+
+    `ignore_after` is `excepted_times_to_ignore`: a message that has failed that
+    many times is no longer handed out (0: never ignore). `Queue` marks it
+    `failed` at that failure; q4pg (`pass_over`) keeps it queued, and listed,
+    until a dequeue reaches it and marks it `failed` instead of handing it out.
+    q4pg also counts leaving a listen loop early (`break`, an exception, Ctrl-C)
+    as a failure of the message in hand; `Queue` puts that message back untouched.
+    """
+
+    order: Order = "priority"
+    ignore_after: int = 0
+    pass_over: bool = False
+    any_exit_is_failure: bool = False
+
+    def counts_as_failure(self, exc: BaseException) -> bool:
+        # GeneratorExit (a listen loop left early) and KeyboardInterrupt are not the
+        # message's fault, unless q4pg says they are.
+        return self.any_exit_is_failure or isinstance(exc, Exception)
+
+    def gives_up(self, attempts: int) -> bool:
+        return not self.pass_over and 0 < self.ignore_after <= attempts
+
+    def passes_over(self, row: MessageRow) -> bool:
+        return self.pass_over and 0 < self.ignore_after <= row["attempts"]
+
+
+@contextmanager
+def hold(backend: Backend, tag: str, caller: object, rules: Rules) -> Iterator[MessageRow | None]:
+    """Remove the next due message and yield it while its transaction stays open.
+
+    Leaving normally commits the removal (the caller's transaction: when the
+    caller commits). A failure puts the message back, counted, at the tail, in
+    the same transaction; the caller's own writes inside the block are undone
+    by a savepoint.
+    """
+    if caller is not None:
+        joined = join(caller, backend.statements.model)
+        with _held(joined.connection, backend, tag, rules, joined.savepoint) as row:
+            yield row
+        return
+    # No ORM state is involved, so a plain Connection does (and costs less per call).
+    with backend.binding.engine.connect() as own, _held(own, backend, tag, rules, None) as row:
+        yield row
+
+
+def take(backend: Backend, tag: str, caller: object, rules: Rules) -> MessageRow | None:
+    """Remove the next due message at once (not transactional for the caller)."""
+    may_pass_over = rules.pass_over and rules.ignore_after > 0
+    with backend.connection(caller, atomic=may_pass_over) as conn:
+        return _remove_next(conn, backend, tag, rules)[0]
+
+
+def listen(
+    backend: Backend,
+    tag: str,
+    timeout: float | None,
+    caller: object,
+    rules: Callable[[], Rules],
+    present: Callable[[MessageRow], Any],
+    poll_interval: float,
+) -> Iterator[Any]:
+    """Yield messages as they arrive, each held while the loop body runs; None when quiet.
+
+    `rules` is asked before each message: q4pg lets the threshold change on the fly.
+    """
+    quiet_since = time.monotonic()  # before connecting: a timeout counts from the call
+    listener = Listener(
+        backend.binding.listen_engine,
+        backend.table_name,
+        backend.queue_name,
+        MESSAGE,
+        tag,
+        poll_interval,
+    )
+    with listener:
+        while True:
+            with hold(backend, tag, caller, rules()) as row:
+                if row is not None:
+                    yield present(row)
+            if row is not None:
+                quiet_since = time.monotonic()
+                continue
+            due = backend.run(caller, gateway.seconds_until_next_message, backend.queue_name, tag)
+            wait = idle_wait(due, poll_interval)
+            if timeout is not None:
+                left = quiet_since + timeout - time.monotonic()
+                if left <= 0:
+                    yield None
+                    quiet_since = time.monotonic()
+                    continue
+                wait = min(wait, left)
+            listener.wait(wait)
+
+
+@contextmanager
+def _held(
+    conn: Connection,
+    backend: Backend,
+    tag: str,
+    rules: Rules,
+    savepoint: Callable[[], Savepoint] | None,
+) -> Iterator[MessageRow | None]:
+    own = savepoint is None
+    row, passed_over = _remove_next(conn, backend, tag, rules)
+    if row is None:
+        if own and not passed_over:
+            conn.commit()  # release the snapshot before the caller's block runs
+            yield None
+            return
+        # q4pg: what was passed over is marked failed only if the block ends normally.
+        try:
+            yield None
+        except BaseException:
+            if own:
+                conn.rollback()
+            raise
+        if own:
+            conn.commit()
+        return
+    # In the caller's transaction the block runs in a savepoint, so that a failure
+    # undoes the block's writes but not the removal (taken outside it).
+    block = None if savepoint is None else savepoint()
+    try:
+        yield row
+    except BaseException as exc:
+        if block is not None:
+            block.rollback()
+        if rules.counts_as_failure(exc):
+            give_up = rules.gives_up(row["attempts"] + 1)
+            gateway.restore_message(
+                conn, backend.statements, row, error=describe_error(exc), give_up=give_up
+            )
+            if own:
+                conn.commit()
+        elif own:
+            conn.rollback()  # the removal is undone: the message is back untouched
+        else:
+            gateway.restore_message(conn, backend.statements, row)
+        raise
+    if block is not None:
+        block.commit()
+    if own:
+        conn.commit()
+
+
+def _remove_next(
+    conn: Connection, backend: Backend, tag: str, rules: Rules
+) -> tuple[MessageRow | None, bool]:
+    """The next message to hand out, and whether messages were passed over to reach it."""
+    passed_over = False
+    while True:
+        row = gateway.remove_next_message(
+            conn, backend.statements, backend.queue_name, tag, rules.order
+        )
+        if row is None or not rules.passes_over(row):
+            return row, passed_over
+        gateway.restore_message(conn, backend.statements, row, give_up=True)
+        passed_over = True

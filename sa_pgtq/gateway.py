@@ -1,0 +1,266 @@
+"""The only code that executes sa_pgtq's SQL.
+
+Each operation is one plain function: the `Connection` it runs on, the table's
+`Statements`, its parameters; it returns plain values (ints, dicts, transient
+`Job` objects). Whose transaction that connection is in, and when it commits,
+is the caller's business: the message and task layers pass the caller's
+connection or one of their own, and the asyncio API hands these very functions
+a sync connection through `AsyncConnection.run_sync`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, inspect, literal, select, text
+from sqlalchemy.engine import RowMapping
+
+from . import schema
+from .models import FAILED, QUEUED, TASK, JobMixin
+from .statements import Order, Statements
+
+#: A message as `remove_next_message` took it out: every column, `data` as JSON text.
+MessageRow = dict[str, Any]
+
+# The listener's commands. LISTEN takes no bound parameter; the channel is sa_pgtq's own
+# constant. The name lets operators (and tests) tell listeners apart in pg_stat_activity.
+LISTENER_NAME = "sa_pgtq listener"
+_LISTEN = text(f"LISTEN {schema.CHANNEL}")
+_NAME_LISTENER = text(f"SET application_name = '{LISTENER_NAME}'")
+_PING = text("SELECT 1")
+_BACKEND_PID = text("SELECT pg_backend_pid()")
+_LOCK_SCHEMA = select(func.pg_advisory_xact_lock(func.hashtext(literal(schema.CHANNEL))))
+
+
+# -- schema ------------------------------------------------------------------------
+
+
+def create_table(conn: Connection, table_name: str) -> bool:
+    """Create the queue table as the Alembic chain does, unless it exists; True if created.
+
+    A transaction-scoped advisory lock makes concurrent callers (several test or
+    script processes starting together) wait for one another instead of racing.
+    """
+    conn.execute(_LOCK_SCHEMA)
+    if inspect(conn).has_table(table_name):
+        return False
+    schema.upgrade(schema.operations(conn), table_name=table_name)
+    return True
+
+
+def drop_table(conn: Connection, table_name: str) -> bool:
+    """Drop the queue table and what belongs to it; False if there was none."""
+    conn.execute(_LOCK_SCHEMA)
+    if not inspect(conn).has_table(table_name):
+        return False
+    schema.downgrade(schema.operations(conn), table_name=table_name)
+    return True
+
+
+# -- inserting ---------------------------------------------------------------------
+
+
+def insert_job(conn: Connection, table: Statements, params: dict[str, Any], data: str) -> int:
+    """One job from checked `params` (see `validation.new_job_params`); its id."""
+    return int(conn.execute(table.insert_one, {**params, "data": data}).scalar_one())
+
+
+def insert_jobs(
+    conn: Connection, table: Statements, params: dict[str, Any], datas: str
+) -> list[int]:
+    """One job per element of the JSON array `datas`, in one statement; ids in order."""
+    return sorted(conn.execute(table.insert_many, {**params, "datas": datas}).scalars())
+
+
+# -- messages ----------------------------------------------------------------------
+
+
+def remove_next_message(
+    conn: Connection, table: Statements, queue_name: str, tag: str, order: Order
+) -> MessageRow | None:
+    """Delete the next due message of `tag` and return it; its row stays locked until commit."""
+    params = {"queue_name": queue_name, "tag": tag}
+    row = conn.execute(table.remove_next_message[order], params).mappings().first()
+    return None if row is None else dict(row)
+
+
+def restore_message(
+    conn: Connection,
+    table: Statements,
+    row: MessageRow,
+    *,
+    error: str | None = None,
+    give_up: bool = False,
+) -> None:
+    """Put a removed message back: untouched, or (with `error`) failed once more, at the tail.
+
+    `give_up` keeps it as `failed`: it is no longer handed out.
+    """
+    if error is not None:
+        row = {**row, "attempts": row["attempts"] + 1, "last_error": error, "run_at": None}
+    if give_up:
+        row = {**row, "state": FAILED}
+    conn.execute(table.restore_message, row)
+
+
+def count_messages(
+    conn: Connection, table: Statements, queue_name: str, tag: str, *, due_only: bool = False
+) -> int:
+    params = {"queue_name": queue_name, "tag": tag, "due_only": due_only}
+    return int(conn.execute(table.count_messages, params).scalar_one())
+
+
+def list_messages(
+    conn: Connection, table: Statements, queue_name: str, tag: str, *, due_only: bool = False
+) -> list[JobMixin]:
+    params = {"queue_name": queue_name, "tag": tag, "due_only": due_only}
+    return _jobs(table, conn.execute(table.list_messages, params).mappings())
+
+
+def seconds_until_next_message(
+    conn: Connection, table: Statements, queue_name: str, tag: str
+) -> float | None:
+    """Seconds until the earliest waiting message of `tag` is due (negative: overdue)."""
+    params = {"queue_name": queue_name, "tag": tag}
+    return _seconds(conn.execute(table.seconds_until_next_message, params).scalar())
+
+
+def cancel_job(conn: Connection, table: Statements, queue_name: str, job_id: int) -> bool:
+    """Delete a waiting or failed job; False if absent, another queue's, or being worked on."""
+    params = {"job_id": job_id, "queue_name": queue_name}
+    return conn.execute(table.cancel, params).first() is not None
+
+
+def list_failed(
+    conn: Connection, table: Statements, queue_name: str, tag: str | None
+) -> list[JobMixin]:
+    params = {"queue_name": queue_name, "tag": tag}
+    return _jobs(table, conn.execute(table.list_failed, params).mappings())
+
+
+def requeue_failed(
+    conn: Connection, table: Statements, queue_name: str, ids: list[int] | None
+) -> int:
+    """Queue failed jobs again with fresh attempts and wake their listeners; how many."""
+    params = {"queue_name": queue_name, "ids": ids}
+    requeued = conn.execute(table.requeue_failed, params).all()
+    for kind, tag in {tuple(row) for row in requeued}:
+        _notify(conn, table, queue_name, kind, tag)
+    return len(requeued)
+
+
+# -- tasks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    id: int
+    name: str
+    data: Any
+    attempts: int  # tries started, this one included
+
+
+def claim_tasks(
+    conn: Connection, table: Statements, queue_name: str, limit: int, token: str, lease: float
+) -> list[ClaimedTask]:
+    """Mark up to `limit` due tasks `running` under `token` and a lease; in dequeue order."""
+    params = {
+        "queue_name": queue_name,
+        "limit": limit,
+        "token": token,
+        "lease": timedelta(seconds=lease),
+    }
+    claimed = conn.execute(table.claim_tasks, params).all()
+    # RETURNING has no order of its own; run them in the order they were chosen.
+    in_order = sorted(claimed, key=lambda row: (-row.priority, row.run_at, row.id))
+    return [ClaimedTask(row.id, row.tag, row.data, row.attempts) for row in in_order]
+
+
+def acknowledge_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> int:
+    """Remove finished tasks still held under `token`; how many were (the rest lost it)."""
+    return len(conn.execute(table.ack_tasks, {"ids": ids, "token": token}).all())
+
+
+def retry_task(
+    conn: Connection,
+    table: Statements,
+    job_id: int,
+    token: str,
+    *,
+    give_up: bool,
+    delay: float,
+    error: str,
+) -> bool:
+    """Queue a failed task again after `delay`, or keep it as `failed`; False if not held."""
+    params = {
+        "job_id": job_id,
+        "token": token,
+        "state": FAILED if give_up else QUEUED,
+        "delay": timedelta(seconds=delay),
+        "error": error,
+    }
+    return conn.execute(table.retry_task, params).first() is not None
+
+
+def release_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> None:
+    """Put back claimed tasks that never started, as if never claimed."""
+    conn.execute(table.release_tasks, {"ids": ids, "token": token})
+
+
+def renew_leases(
+    conn: Connection, table: Statements, token: str, ids: list[int], lease: float
+) -> set[int]:
+    """Extend the leases of tasks held under `token`; the ids still held."""
+    params = {"ids": ids, "token": token, "lease": timedelta(seconds=lease)}
+    return set(conn.execute(table.heartbeat, params).scalars())
+
+
+def rescue_expired(conn: Connection, table: Statements, queue_name: str) -> int:
+    """Requeue tasks whose worker stopped renewing their lease; wake workers; how many."""
+    rescued = len(conn.execute(table.rescue_expired, {"queue_name": queue_name}).all())
+    if rescued:
+        _notify(conn, table, queue_name, TASK, "")
+    return rescued
+
+
+def seconds_until_next_task(conn: Connection, table: Statements, queue_name: str) -> float | None:
+    params = {"queue_name": queue_name}
+    return _seconds(conn.execute(table.seconds_until_next_task, params).scalar())
+
+
+# -- the listener's connection -------------------------------------------------------
+
+
+def start_listening(conn: Connection) -> None:
+    """Name the connection and LISTEN on sa_pgtq's channel (autocommit, or it waits)."""
+    conn.execute(_NAME_LISTENER)
+    conn.execute(_LISTEN)
+
+
+def ping(conn: Connection) -> None:
+    conn.execute(_PING)
+
+
+def backend_pid(conn: Connection) -> int:
+    """The server process pid as the server says; a pooler reports another than at connect."""
+    return int(conn.execute(_BACKEND_PID).scalar_one())
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _notify(conn: Connection, table: Statements, queue_name: str, kind: str, tag: str) -> None:
+    payload = schema.notify_payload(table.table.name, queue_name, kind, tag)
+    conn.execute(table.notify, {"payload": payload})
+
+
+def _jobs(table: Statements, rows: Iterable[RowMapping]) -> list[JobMixin]:
+    model = table.model
+    return [model(**row) for row in rows]
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)

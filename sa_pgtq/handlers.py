@@ -1,0 +1,145 @@
+"""Task handlers: registering functions on a queue and pushing calls of them as jobs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from . import gateway, validation
+from .backend import Backend
+from .binding import Caller
+from .errors import DuplicateHandlerError, TaskArgumentsError
+from .models import TASK
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_DELAY = 1.0  # seconds before the first retry; doubles per attempt
+MAX_RETRY_DELAY = 3600.0
+
+
+class Handler(Generic[P, R]):
+    """A function registered on a queue. Calling it runs it now; `push` queues it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        func: Callable[P, R],
+        name: str,
+        max_attempts: int,
+        retry_delay: float,
+    ) -> None:
+        self.backend = backend
+        self.func = func
+        self.name = name
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self.signature = inspect.signature(func)
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def __repr__(self) -> str:
+        return f"<Handler {self.name!r} of queue {self.backend.queue_name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        session: Caller | None = None,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        priority: int = 0,
+    ) -> Push[P]:
+        """How to push: in the caller's `session`, scheduled, prioritised."""
+        params = validation.new_job_params(
+            self.backend.queue_name, TASK, self.name, run_at, delay, priority
+        )
+        return Push(self, session, params)
+
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Queue a call in its own transaction; returns the job id."""
+        return self.options().push(*args, **kwargs)
+
+    def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
+        """Queue many calls in one statement (a tuple: positional args; a dict: keyword args)."""
+        return self.options().push_many(calls)
+
+    def call_data(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A call's job data, once the arguments fit the handler's signature."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TaskArgumentsError(f"{self.name}: {exc}") from None
+        return {"args": list(args), "kwargs": kwargs}
+
+
+class Push(Generic[P]):
+    """A handler plus validated push options (see `Handler.options`)."""
+
+    def __init__(self, handler: Handler[P, Any], session: Caller | None, params: dict[str, Any]):
+        self._handler = handler
+        self._session = session
+        self._params = params
+
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        return self._insert([self._handler.call_data(args, kwargs)])[0]
+
+    def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
+        return self._insert([self._handler.call_data(*_split(call)) for call in calls])
+
+    def _insert(self, datas: list[object]) -> list[int]:
+        if not datas:
+            return []
+        batch = validation.encode_batch(datas, "json", None)
+        return self._handler.backend.run(self._session, gateway.insert_jobs, self._params, batch)
+
+
+def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(call, dict):
+        return (), call
+    if isinstance(call, tuple):
+        return call, {}
+    raise TaskArgumentsError(
+        f"each call must be a tuple (positional args) or a dict (keyword args), not {call!r}"
+    )
+
+
+class HandlerRegistry(Mapping[str, "Handler[Any, Any]"]):
+    """The handlers of one queue, by name (a read-only mapping)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._handlers: dict[str, Handler[Any, Any]] = {}
+
+    def __getitem__(self, name: str) -> Handler[Any, Any]:
+        return self._handlers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handlers)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def decorator(
+        self, name: str | None, max_attempts: int, retry_delay: float
+    ) -> Callable[[Callable[P, R]], Handler[P, R]]:
+        validation.check_count(max_attempts, "max_attempts")
+        validation.check_timeout(retry_delay, "retry_delay")
+
+        def register(func: Callable[P, R]) -> Handler[P, R]:
+            handler_name = validation.check_name(name or func.__name__, "handler name")
+            if handler_name in self._handlers:
+                raise DuplicateHandlerError(
+                    f"a handler named {handler_name!r} already exists "
+                    f"on queue {self._backend.queue_name!r}"
+                )
+            handler = Handler(self._backend, func, handler_name, max_attempts, retry_delay)
+            self._handlers[handler_name] = handler
+            return handler
+
+        return register

@@ -1,0 +1,77 @@
+"""pgtq's `PgTq` on sa_pgtq: pgtq users change one import.
+
+    from sa_pgtq import pgtq          # was: import pgtq
+    q = pgtq.PgTq("test_queue", "dbname=q user=postgres")
+
+A `PgTq` is a `sa_pgtq.Queue` named after pgtq's queue, on sa_pgtq's table
+(created when missing), so `sa_pgtq.worker.main_loop(q)` and `sa-pgtq worker`
+run it. `handler(name=None, max_retries=None)` and `task.execute()` keep pgtq's
+meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .binding import Bind, Caller
+from .errors import InvalidInputError
+from .handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, Handler, P, R
+from .queue import Queue
+from .tasks import Task as BaseTask
+
+__all__ = ["PgTq", "Task"]
+
+
+class Task(BaseTask):
+    """A popped task; `execute()` runs it as pgtq's did."""
+
+    @property
+    def key(self) -> int:
+        """pgtq's name for the task's id."""
+        return self.id
+
+    def execute(self) -> Any:
+        """Run the handler, record the outcome, and return its result.
+
+        A failure is recorded (retried per the handler's `max_retries`, then kept as
+        `failed`) and its exception raised again, as pgtq did.
+        """
+        outcome = self.runner.run_popped(self)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+
+class PgTq(Queue):
+    """pgtq's task queue: `name` is the queue's name, `connection_string` a DSN or URL."""
+
+    def __init__(self, name: str, connection_string: Bind, **options: Any) -> None:
+        super().__init__(connection_string, name=name, **options)
+        self.connection_string = connection_string
+        self.create_table()
+
+    def handler(
+        self,
+        name: str | None = None,
+        max_retries: int | None = None,
+        *,
+        max_attempts: int | None = None,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+    ) -> Callable[[Callable[P, R]], Handler[P, R]]:
+        """pgtq's decorator: `max_retries` retries after the first try (None: sa_pgtq's default)."""
+        if max_retries is not None:
+            if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+                raise InvalidInputError(f"max_retries must be an int >= 0, got {max_retries!r}")
+            max_attempts = max_retries + 1
+        return super().handler(
+            name, max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS, retry_delay=retry_delay
+        )
+
+    def pop(self, session: Caller | None = None) -> Task | None:
+        task = super().pop(session)
+        if task is None:
+            return None
+        return Task(
+            task.id, task.name, task.args, task.kwargs, task.attempts, task.token, task.runner
+        )

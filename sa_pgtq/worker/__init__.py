@@ -1,0 +1,137 @@
+"""The worker: claims, runs and acknowledges a queue's tasks.
+
+    sa_pgtq.Worker(q, concurrency=1).run(burst=False)
+    sa_pgtq.worker.main_loop(q)          # run until SIGTERM/SIGINT, then exit 0
+
+A worker is a few small services with one duty each: producers claim batches
+with FOR UPDATE SKIP LOCKED and run them (one thread per concurrency slot);
+the completer removes finished tasks in batches; the heartbeat keeps the
+leases of everything held alive; the rescuer requeues tasks whose worker died,
+so a killed worker never loses a job. Several processes on several machines
+may share one table.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import NoReturn
+
+from .. import validation
+from ..execution import DEFAULT_LEASE
+from ..queue import Queue
+from .completer import Completer
+from .leases import Heartbeat, Leases
+from .periodic import Periodic
+from .producer import Producer
+from .rescuer import Rescuer
+
+__all__ = ["Worker", "main_loop"]
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Runs a queue's tasks; `concurrency` producers each claim and run batches."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        concurrency: int = 1,
+        batch_size: int = 100,
+        lease: float | None = None,
+        poll_interval: float | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.queue = queue
+        self.concurrency = validation.check_count(concurrency, "concurrency")
+        self.batch_size = validation.check_count(batch_size, "batch_size")
+        self.lease = validation.check_timeout(lease, "lease") or DEFAULT_LEASE
+        self.poll_interval = (
+            validation.check_timeout(poll_interval, "poll_interval") or queue.poll_interval
+        )
+        self.install_signal_handlers = install_signal_handlers
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Finish the task in hand, put back the unstarted rest of the batch, and return."""
+        self._stopping.set()
+
+    def run(self, burst: bool = False) -> None:
+        """Run tasks until `stop()` (or a signal); with `burst`, until nothing is due."""
+        self._stopping.clear()
+        executor = self.queue.executor
+        leases = Leases()
+        completer = Completer(executor, leases)
+        heartbeat = Heartbeat(executor.backend, leases, self.lease)
+        rescuer = Rescuer(executor.backend, self.lease)
+        rescuer.safe_tick()  # what a dead worker left is due now, for a burst run too
+        producer = Producer(
+            executor,
+            leases,
+            completer,
+            self._stopping,
+            batch_size=self.batch_size,
+            lease=self.lease,
+            poll_interval=self.poll_interval,
+        )
+        with self._signals(), _running(heartbeat, rescuer), _running(completer, final=True):
+            log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
+            others = [
+                threading.Thread(target=producer.run, args=(burst,), name=f"sa_pgtq-worker-{n}")
+                for n in range(1, self.concurrency)
+            ]
+            for thread in others:
+                thread.start()
+            try:
+                producer.run(burst)
+            finally:
+                if not burst:
+                    self._stopping.set()
+                for thread in others:
+                    thread.join()
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        if (
+            not self.install_signal_handlers
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            yield
+            return
+
+        def graceful(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: finishing the current task, then stopping", signum)
+            self.stop()
+
+        previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@contextmanager
+def _running(*services: Periodic, final: bool = False) -> Iterator[None]:
+    """Services started for the block; stopped after it (with a `final` last tick)."""
+    for service in services:
+        service.start()
+    try:
+        yield
+    finally:
+        for service in services:
+            service.stop()
+            if final:
+                service.safe_tick()
+
+
+def main_loop(queue: Queue, *, concurrency: int = 1) -> NoReturn:
+    """Run `queue`'s tasks until SIGTERM/SIGINT, finish the task in hand, and exit 0."""
+    Worker(queue, concurrency=concurrency).run()
+    raise SystemExit(0)

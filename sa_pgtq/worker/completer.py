@@ -1,0 +1,61 @@
+"""The completer: removes finished tasks in batches instead of one transaction each."""
+
+from __future__ import annotations
+
+import threading
+
+from ..execution import Executor, Finished
+from .leases import Leases
+from .periodic import Periodic
+
+#: Seconds a finished task may wait for its batched removal.
+ACK_INTERVAL = 0.5
+
+
+class Completer(Periodic):
+    """Collects tasks that succeeded without a session of their own, and removes them.
+
+    A claiming producer takes what is pending into its claim's transaction (one
+    commit for both); whatever no claim took is removed every `ACK_INTERVAL`
+    seconds. Until removed, a finished task keeps its lease, so it is never
+    rescued and run again.
+    """
+
+    name = "completer"
+
+    def __init__(self, executor: Executor, leases: Leases) -> None:
+        super().__init__(ACK_INTERVAL)
+        self._executor = executor
+        self._leases = leases
+        self._pending: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def finished(self, token: str, task_id: int) -> None:
+        with self._lock:
+            self._pending.setdefault(token, []).append(task_id)
+
+    def take(self) -> list[Finished]:
+        """Everything pending, for the caller to remove (then `removed` or `put_back`)."""
+        with self._lock:
+            taken, self._pending = list(self._pending.items()), {}
+        return taken
+
+    def removed(self, batch: list[Finished]) -> None:
+        for token, ids in batch:
+            self._leases.drop(token, ids)
+
+    def put_back(self, batch: list[Finished]) -> None:
+        with self._lock:
+            for token, ids in batch:
+                self._pending.setdefault(token, []).extend(ids)
+
+    def tick(self) -> None:
+        batch = self.take()
+        if not batch:
+            return
+        try:
+            self._executor.acknowledge(batch)
+        except BaseException:
+            self.put_back(batch)
+            raise
+        self.removed(batch)
