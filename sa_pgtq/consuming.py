@@ -36,12 +36,18 @@ class Rules:
     until a dequeue reaches it and marks it `failed` instead of handing it out.
     q4pg also counts leaving a listen loop early (`break`, an exception, Ctrl-C)
     as a failure of the message in hand; `Queue` puts that message back untouched.
+    `Queue` moves a failed message behind the others; q4pg, handing out in id
+    order, keeps its schedule. q4pg polled, so a scheduled message came out a
+    little after its time, never at it, and code (and q4pg's own tests) measured
+    against that: `due_slack` seconds of that lateness are kept.
     """
 
     order: Order = "priority"
     ignore_after: int = 0
     pass_over: bool = False
     any_exit_is_failure: bool = False
+    failure_to_tail: bool = True
+    due_slack: float = 0.0
 
     def counts_as_failure(self, exc: BaseException) -> bool:
         # GeneratorExit (a listen loop left early) and KeyboardInterrupt are not the
@@ -105,14 +111,15 @@ def listen(
     )
     with listener:
         while True:
-            with hold(backend, tag, caller, rules()) as row:
+            current = rules()
+            with hold(backend, tag, caller, current) as row:
                 if row is not None:
                     yield present(row)
             if row is not None:
                 quiet_since = time.monotonic()
                 continue
             due = backend.run(caller, gateway.seconds_until_next_message, backend.queue_name, tag)
-            wait = idle_wait(due, poll_interval)
+            wait = idle_wait(None if due is None else due + current.due_slack, poll_interval)
             if timeout is not None:
                 left = quiet_since + timeout - time.monotonic()
                 if left <= 0:
@@ -159,7 +166,12 @@ def _held(
         if rules.counts_as_failure(exc):
             give_up = rules.gives_up(row["attempts"] + 1)
             gateway.restore_message(
-                conn, backend.statements, row, error=describe_error(exc), give_up=give_up
+                conn,
+                backend.statements,
+                row,
+                error=describe_error(exc),
+                to_tail=rules.failure_to_tail,
+                give_up=give_up,
             )
             if own:
                 conn.commit()

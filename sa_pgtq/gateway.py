@@ -93,14 +93,18 @@ def restore_message(
     row: MessageRow,
     *,
     error: str | None = None,
+    to_tail: bool = True,
     give_up: bool = False,
 ) -> None:
-    """Put a removed message back: untouched, or (with `error`) failed once more, at the tail.
+    """Put a removed message back: untouched, or (with `error`) failed once more.
 
+    A failed message goes behind the others (`to_tail`: its `run_at` becomes now);
     `give_up` keeps it as `failed`: it is no longer handed out.
     """
     if error is not None:
-        row = {**row, "attempts": row["attempts"] + 1, "last_error": error, "run_at": None}
+        row = {**row, "attempts": row["attempts"] + 1, "last_error": error}
+        if to_tail:
+            row["run_at"] = None
     if give_up:
         row = {**row, "state": FAILED}
     conn.execute(table.restore_message, row)
@@ -114,10 +118,16 @@ def count_messages(
 
 
 def list_messages(
-    conn: Connection, table: Statements, queue_name: str, tag: str, *, due_only: bool = False
+    conn: Connection,
+    table: Statements,
+    queue_name: str,
+    tag: str,
+    *,
+    due_only: bool = False,
+    order: Order = "priority",
 ) -> list[JobMixin]:
     params = {"queue_name": queue_name, "tag": tag, "due_only": due_only}
-    return _jobs(table, conn.execute(table.list_messages, params).mappings())
+    return _jobs(table, conn.execute(table.list_messages[order], params).mappings())
 
 
 def seconds_until_next_message(

@@ -36,6 +36,8 @@ from .queue import Queue, job_from_row
 Row = tuple[int, str, str, datetime, int, datetime | None]
 
 _TAG = re.compile(r"^[A-Za-z0-9\-_+]+$")
+#: How late `listen` hands a scheduled message out, at most: within DESIGN's 100 ms.
+_Q4PG_LATENESS = 0.05
 
 
 class QueueManager:
@@ -151,6 +153,7 @@ class QueueManager:
             self.queue.name,
             _check_tag(tag),
             due_only=ignore_scheduled,
+            order="id",
         )
         return [self._row(job) for job in jobs]
 
@@ -176,6 +179,8 @@ class QueueManager:
             ignore_after=self.excepted_times_to_ignore,
             pass_over=True,
             any_exit_is_failure=True,
+            failure_to_tail=False,
+            due_slack=_Q4PG_LATENESS,
         )
 
     def _hold(
@@ -205,8 +210,8 @@ class QueueManager:
         """q4pg's tuple: the data as the stored text, datetimes naive in local time.
 
         q4pg stored the text it was given; jsonb keeps the value, not the text, so the
-        text is compact JSON again (object keys in jsonb's order). `schedule` is when
-        the message became due, None when it was due at once.
+        text is compact JSON again (object keys in jsonb's order). `schedule` is the
+        time it was enqueued for, None when it was due at once.
         """
         created = _naive_local(job.created_at)
         due = _naive_local(job.run_at)

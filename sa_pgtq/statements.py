@@ -152,7 +152,7 @@ class Statements:
             .returning(*kept, cast(c.data, Text).label("data"))
             for order in ("priority", "id")
         }
-        #: what remove_next_message returned (run_at None: now, at the tail) -> the row back
+        #: what remove_next_message returned (run_at None: now, behind the others) -> the row
         self.restore_message: Insert = insert(table).values(
             {
                 **{col.name: bindparam(col.name, type_=col.type) for col in kept},
@@ -169,8 +169,13 @@ class Statements:
         )
         #: queue_name, tag, due_only -> number of waiting messages
         self.count_messages: Select[Any] = select(func.count()).select_from(table).where(listed)
-        #: queue_name, tag, due_only -> waiting messages (every column) in dequeue order
-        self.list_messages: Select[Any] = select(table).where(listed).order_by(*self.dequeue_order)
+        #: queue_name, tag, due_only -> waiting messages (every column), listed in the order
+        #: of `order`: sa_pgtq's dequeue order, or q4pg's table order (the messages that
+        #: failed, which q4pg's UPDATE moved to the end, after the untouched ones)
+        self.list_messages: dict[Order, Select[Any]] = {
+            "priority": select(table).where(listed).order_by(*self.dequeue_order),
+            "id": select(table).where(listed).order_by(c.attempts > 0, c.id),
+        }
         #: queue_name, tag -> seconds until the earliest waiting message is due (None: none)
         self.seconds_until_next_message = _seconds_until_due(table, waiting_messages)
         #: job_id, queue -> id if a waiting or failed job was deleted; a locked one is skipped
