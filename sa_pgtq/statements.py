@@ -64,9 +64,13 @@ def _run_at() -> ColumnElement[Any]:
 
 
 def _seconds_until_due(table: Any, waiting: ColumnElement[bool]) -> Select[Any]:
-    # The server's clock decides, so client clock skew cannot delay a job.
+    # The server's clock decides, so client clock skew cannot delay a job. A job due
+    # for longer than a moment that a fetch just missed is held by another consumer:
+    # it comes back with a NOTIFY if it fails, so counting it would only make idle
+    # consumers ask again and again while it is held. One that became due between
+    # the fetch and this statement still counts.
     return select(func.extract("epoch", func.min(table.c.run_at) - func.clock_timestamp())).where(
-        waiting
+        waiting, table.c.run_at > func.clock_timestamp() - text("interval '50 milliseconds'")
     )
 
 

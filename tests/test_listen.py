@@ -9,7 +9,7 @@ import threading
 import time
 
 from helpers import next_within
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from tcpproxy import TcpProxy
 
 import sa_pgtq
@@ -136,3 +136,37 @@ def test_a_silently_dead_listen_connection_is_cut_and_replaced(clean: Engine) ->
             assert arrives_in("woken", 10) < 1.5, "woken by NOTIFY, not by the 2 s poll"
         finally:
             stream.close()
+
+
+def test_listen_waits_quietly_while_another_consumer_holds_the_message(
+    q: sa_pgtq.Queue, clean: Engine
+) -> None:
+    # The held message is due, yet not for us: asking for it again and again (it once
+    # did, ~2000 statements a second) only loads the database.
+    q.enqueue("t", "held")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with q.dequeue("t") as data:
+            assert data == "held"
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(clean, "before_cursor_execute", count)
+    try:
+        assert next(q.listen("t", timeout=1)) is None
+    finally:
+        event.remove(clean, "before_cursor_execute", count)
+        release.set()
+        holder.join()
+    # A message that became due a moment ago (50 ms) may still be asked for at once.
+    assert len(statements) < 200, f"{len(statements)} statements in one quiet second"
+    assert q.count("t") == 0
