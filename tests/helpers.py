@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, Table, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
@@ -19,6 +19,14 @@ DRIVERS = ("psycopg2", "psycopg")
 
 #: Starts `sa-pgtq worker workerapp:q` on a database URL (the `spawn` fixture).
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+def fresh_tables(engine: Engine, *tables: Table) -> None:
+    """The application's own tables, empty (dropped if a previous test left them)."""
+    with engine.begin() as conn:
+        for table in tables:
+            table.drop(conn, checkfirst=True)
+            table.create(conn)
 
 
 def engine_for(db_url: str, driver: str) -> Engine:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import dequeue_concurrently
+from helpers import dequeue_concurrently, fresh_tables
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, select
 from sqlalchemy.orm import Session
 
@@ -79,9 +79,7 @@ def test_immediate_dequeue_removes_at_once(q: sa_pgtq.Queue) -> None:
 def test_in_callers_session_a_failure_undoes_only_the_block(
     q: sa_pgtq.Queue, clean: Engine
 ) -> None:
-    with clean.begin() as conn:
-        done.drop(conn, checkfirst=True)
-        done.create(conn)
+    fresh_tables(clean, done)
     q.enqueue("t", "job")
     with Session(clean) as s, s.begin():
         s.execute(done.insert().values(n=1))  # the caller's own work, before the dequeue

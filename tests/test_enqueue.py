@@ -6,6 +6,7 @@ import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import fresh_tables
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, select, text
 from sqlalchemy.orm import Session
 
@@ -17,9 +18,7 @@ orders = Table("orders", MetaData(), Column("id", Integer, primary_key=True))
 
 @pytest.fixture
 def app_table(clean: Engine) -> Table:
-    with clean.begin() as conn:
-        orders.drop(conn, checkfirst=True)
-        orders.create(conn)
+    fresh_tables(clean, orders)
     return orders
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import fresh_tables
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, select, text
 from sqlalchemy.orm import Session
 
@@ -35,9 +36,7 @@ MESSAGES = 300
 
 @pytest.fixture
 def app(clean: Engine) -> Engine:
-    with clean.begin() as conn:
-        effects.drop(conn, checkfirst=True)
-        effects.create(conn)
+    fresh_tables(clean, effects)
     return clean
 
 

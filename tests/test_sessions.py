@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
+from helpers import fresh_tables
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
@@ -68,9 +69,7 @@ def counts(engine: Engine) -> tuple[int, int]:
 
 @pytest.fixture
 def app(clean: Engine) -> Engine:
-    with clean.begin() as conn:
-        orders.drop(conn, checkfirst=True)
-        orders.create(conn)
+    fresh_tables(clean, orders)
     return clean
 
 

@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from helpers import fresh_tables
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
 from sqlalchemy.orm import Session
 
@@ -18,9 +19,7 @@ effects = Table("task_effects", MetaData(), Column("n", Integer))
 
 @pytest.fixture
 def tq(clean: Engine) -> sa_pgtq.Queue:
-    with clean.begin() as conn:
-        effects.drop(conn, checkfirst=True)
-        effects.create(conn)
+    fresh_tables(clean, effects)
     return sa_pgtq.Queue(clean, name="test_queue")
 
 
