@@ -64,9 +64,9 @@ class PgTq(Queue):
             if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
                 raise InvalidInputError(f"max_retries must be an int >= 0, got {max_retries!r}")
             max_attempts = max_retries + 1
-        return super().handler(
-            name, max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS, retry_delay=retry_delay
-        )
+        if max_attempts is None:
+            max_attempts = DEFAULT_MAX_ATTEMPTS
+        return super().handler(name, max_attempts=max_attempts, retry_delay=retry_delay)
 
     def pop(self, session: Caller | None = None) -> Task | None:
         task = super().pop(session)

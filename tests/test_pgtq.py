@@ -92,8 +92,9 @@ def test_a_taken_name_already_exists(url: str) -> None:
         def other() -> None: ...
 
     assert isinstance(info.value, errors.DuplicateHandlerError)
-    with pytest.raises(errors.InvalidInputError):
-        q.handler(max_retries=-1)
+    for bad in ({"max_retries": -1}, {"max_retries": 1.5}, {"max_attempts": 0}):
+        with pytest.raises(errors.InvalidInputError):
+            q.handler(**bad)  # type: ignore[arg-type]
 
 
 WORKER = textwrap.dedent(
