@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,11 +100,9 @@ class Binding:
                 raise InvalidInputError(f"sa_pgtq needs PostgreSQL, not {engine.dialect.name}")
             _guard_against_forks(engine)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> AbstractContextManager[Connection]:
         """A connection of our own in a transaction, committed at the end (rolled back on error)."""
-        with self.engine.begin() as conn:
-            yield conn
+        return self.engine.begin()
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:

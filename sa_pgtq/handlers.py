@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -109,8 +109,8 @@ def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
     )
 
 
-class HandlerRegistry(Mapping[str, "Handler[Any, Any]"]):
-    """The handlers of one queue, by name (a read-only mapping)."""
+class HandlerRegistry:
+    """The handlers of one queue, by name (read like a dict)."""
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -118,6 +118,12 @@ class HandlerRegistry(Mapping[str, "Handler[Any, Any]"]):
 
     def __getitem__(self, name: str) -> Handler[Any, Any]:
         return self._handlers[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
+    def get(self, name: str) -> Handler[Any, Any] | None:
+        return self._handlers.get(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._handlers)

@@ -109,15 +109,16 @@ class Producer:
 
     def _run_batch(self, tasks: list[Task]) -> None:
         token = tasks[0].token
-        unfinished = [t.id for t in tasks]
-        self._leases.hold(token, unfinished)
+        ids = [t.id for t in tasks]
+        self._leases.hold(token, ids)
+        done = 0
         try:
             for task in tasks:
                 if self._stopping.is_set():
-                    self._executor.release(token, unfinished)
+                    self._executor.release(token, ids[done:])
                     break
                 outcome = self._executor.run_claimed(task)
-                unfinished.remove(task.id)
+                done += 1
                 if outcome.needs_ack:
                     self._completer.finished(token, task.id)  # keeps its lease until removed
                 else:
@@ -125,7 +126,7 @@ class Producer:
         finally:
             # Released, or abandoned by an error: whatever never ran is no longer renewed,
             # so if it is still claimed its lease expires and another worker takes it.
-            self._leases.drop(token, unfinished)
+            self._leases.drop(token, ids[done:])
 
     def _idle_wait(self) -> float:
         backend = self._executor.backend
