@@ -34,8 +34,8 @@ class Backend:
     def table_name(self) -> str:
         return str(self.statements.table.name)
 
-    # run and run_atomic are the hot path of every enqueue: they open our own
-    # connection directly rather than through `connection()`, one generator less.
+    # The hot path of every enqueue: it opens our own connection directly rather
+    # than through `connection()`, one generator less.
     def run(
         self, caller: object, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
@@ -49,10 +49,8 @@ class Backend:
         self, caller: object, operation: Operation[P, R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
         """An operation of several statements: in the caller's transaction, else in our own."""
-        if caller is not None:
-            return operation(self._joined(caller), self.statements, *args, **kwargs)
-        with self.binding.transaction() as own:
-            return operation(own, self.statements, *args, **kwargs)
+        with self.connection(caller, atomic=True) as conn:
+            return operation(conn, self.statements, *args, **kwargs)
 
     @contextmanager
     def connection(self, caller: object, *, atomic: bool) -> Iterator[Connection]:

@@ -66,9 +66,9 @@ def hold(backend: Backend, tag: str, caller: object, rules: Rules) -> Iterator[M
     """Remove the next due message and yield it while its transaction stays open.
 
     Leaving normally commits the removal (the caller's transaction: when the
-    caller commits). A failure puts the message back, counted, at the tail, in
-    the same transaction; the caller's own writes inside the block are undone
-    by a savepoint.
+    caller commits). A failure puts the message back, counted (for `Queue`,
+    behind the others), in the same transaction; the caller's own writes inside
+    the block are undone by a savepoint.
     """
     if caller is not None:
         joined = join(caller, backend.statements.model)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .binding import Bind, Caller
-from .errors import InvalidInputError
 from .handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, Handler, P, R
 from .queue import Queue
 from .tasks import Task as BaseTask
+from .validation import check_non_negative
 
 __all__ = ["PgTq", "Task"]
 
@@ -61,9 +61,7 @@ class PgTq(Queue):
     ) -> Callable[[Callable[P, R]], Handler[P, R]]:
         """pgtq's decorator: `max_retries` retries after the first try (None: sa_pgtq's default)."""
         if max_retries is not None:
-            if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-                raise InvalidInputError(f"max_retries must be an int >= 0, got {max_retries!r}")
-            max_attempts = max_retries + 1
+            max_attempts = check_non_negative(max_retries, "max_retries") + 1
         if max_attempts is None:
             max_attempts = DEFAULT_MAX_ATTEMPTS
         return super().handler(name, max_attempts=max_attempts, retry_delay=retry_delay)

@@ -83,7 +83,7 @@ class QueueManager:
 
     @excepted_times_to_ignore.setter
     def excepted_times_to_ignore(self, value: int) -> None:
-        validation.check_options("json", None, value)
+        validation.check_non_negative(value, "excepted_times_to_ignore")
         self.queue.excepted_times_to_ignore = value
 
     # -- the table -----------------------------------------------------------

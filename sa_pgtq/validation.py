@@ -134,14 +134,16 @@ def check_options(data_type: object, data_length: object, excepted_times_to_igno
     """Validate a queue's constructor options."""
     if data_type not in ("json", "text"):
         raise InvalidInputError(f"data_type must be 'json' or 'text', got {data_type!r}")
-    for name, value in (
-        ("data_length", data_length),
-        ("excepted_times_to_ignore", excepted_times_to_ignore),
-    ):
-        if value is None and name == "data_length":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInputError(f"{name} must be a non-negative int, got {value!r}")
+    if data_length is not None:
+        check_non_negative(data_length, "data_length")
+    check_non_negative(excepted_times_to_ignore, "excepted_times_to_ignore")
+
+
+def check_non_negative(value: object, what: str) -> int:
+    """A whole number of at least 0 (lengths, thresholds, retries)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInputError(f"{what} must be a non-negative int, got {value!r}")
+    return value
 
 
 def check_timeout(timeout: object, what: str = "timeout") -> float | None:
