@@ -30,7 +30,7 @@ from .consuming import Rules
 from .errors import InvalidInputError, InvalidTagError
 from .gateway import MessageRow
 from .models import JobMixin
-from .queue import Queue, job_from_row
+from .queue import Queue, job_from_row, message_data
 
 #: q4pg's row: (id, tag, data as stored text, created_at, error count, schedule).
 Row = tuple[int, str, str, datetime, int, datetime | None]
@@ -117,7 +117,7 @@ class QueueManager:
     @contextmanager
     def dequeue(self, tag: str, other_sess: Caller | None = None) -> Iterator[Any]:
         with self._hold(tag, other_sess) as row:
-            yield None if row is None else _data(row)
+            yield None if row is None else message_data(row)
 
     @contextmanager
     def dequeue_item(self, tag: str, other_sess: Caller | None = None) -> Iterator[Row | None]:
@@ -126,7 +126,7 @@ class QueueManager:
 
     def dequeue_immediate(self, tag: str, other_sess: Caller | None = None) -> Any:
         row = consuming.take(self.queue.backend, _check_tag(tag), other_sess, self._rules())
-        return None if row is None else _data(row)
+        return None if row is None else message_data(row)
 
     def dequeue_item_immediate(self, tag: str, other_sess: Caller | None = None) -> Row | None:
         row = consuming.take(self.queue.backend, _check_tag(tag), other_sess, self._rules())
@@ -138,7 +138,7 @@ class QueueManager:
         Each message is removed when the next one is asked for; leaving the loop
         early (break, an exception) counts as a failure of the message in hand.
         """
-        return self._listen(tag, timeout, _data)
+        return self._listen(tag, timeout, message_data)
 
     def listen_item(self, tag: str, timeout: float | None = None) -> Iterator[Row | None]:
         return self._listen(tag, timeout, self._removed)
@@ -226,10 +226,6 @@ def _check_tag(tag: object) -> str:
             f'Invalid tag-name "{tag}". tag-name must be matched "^[A-Za-z0-9\\-_\\+]+$".'
         )
     return validation.check_name(tag)
-
-
-def _data(row: MessageRow) -> Any:
-    return json.loads(row["data"])
 
 
 def _naive_local(moment: datetime) -> datetime:

@@ -137,7 +137,7 @@ class Queue:
         with consuming.hold(
             self.backend, validation.check_name(tag), session, self._rules()
         ) as row:
-            yield None if row is None else _data(row)
+            yield None if row is None else message_data(row)
 
     @contextmanager
     def dequeue_item(self, tag: str, session: Caller | None = None) -> Iterator[JobMixin | None]:
@@ -150,7 +150,7 @@ class Queue:
     def dequeue_immediate(self, tag: str, session: Caller | None = None) -> Any:
         """Remove the next message at once and return its data (None when there is none)."""
         row = consuming.take(self.backend, validation.check_name(tag), session, self._rules())
-        return None if row is None else _data(row)
+        return None if row is None else message_data(row)
 
     def dequeue_item_immediate(self, tag: str, session: Caller | None = None) -> JobMixin | None:
         """Remove the next message at once and return it as a `Job`."""
@@ -169,7 +169,7 @@ class Queue:
         returns the current message untouched. Yields None after `timeout` quiet
         seconds, then keeps listening.
         """
-        return self._listen(tag, timeout, session, _data)
+        return self._listen(tag, timeout, session, message_data)
 
     def listen_item(
         self, tag: str, timeout: float | None = None, session: Caller | None = None
@@ -258,8 +258,9 @@ class Queue:
 
 def job_from_row(model: type[JobMixin], row: MessageRow) -> JobMixin:
     """A removed message as a (transient) `Job`, its data decoded."""
-    return model(**{**row, "data": _data(row)})
+    return model(**{**row, "data": message_data(row)})
 
 
-def _data(row: MessageRow) -> Any:
+def message_data(row: MessageRow) -> Any:
+    """A removed message's data, decoded from the JSON text it was returned as."""
     return json.loads(row["data"])
