@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -121,6 +121,51 @@ class Binding:
             finally:
                 if not dbapi.closed:
                     dbapi.autocommit = False
+
+
+class DedicatedConnection:
+    """A connection of one service's own, outside the engine's pool, opened on first use.
+
+    Detached from the pool, it takes no pool slot: a service that must keep working
+    while handlers hold every pooled connection (the heartbeat, the listener) never
+    waits for one. After an error it is dropped and reopened at the next use. In a
+    forked child it is the parent's: dropped, never closed (a close would end the
+    parent's session; the driver skips it on collection).
+    """
+
+    def __init__(self, engine: Engine, *, autocommit: bool = False) -> None:
+        self.engine = engine
+        self._autocommit = autocommit
+        self._conn: Connection | None = None
+        self._pid = 0
+
+    def open(self) -> Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        self._conn = None
+        conn = self.engine.connect()
+        if self._autocommit:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.detach()  # closed, not returned, when we are done
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """The connection in a transaction, committed at the end; dropped on any error."""
+        conn = self.open()
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            with suppress(Exception):  # already broken: nothing left to release
+                conn.close()
 
 
 class Savepoint(Protocol):

@@ -30,12 +30,16 @@ from typing import Any, SupportsFloat
 from sqlalchemy import Connection, Engine
 
 from . import gateway
+from .binding import DedicatedConnection
 from .schema import CHANNEL
 
 log = logging.getLogger(__name__)
 
 #: A ping may take this long even with a very short poll interval.
 MIN_PING_TIMEOUT = 1.0
+
+#: How often a wait checks whether its worker is stopping.
+STOP_CHECK_INTERVAL = 0.2
 
 #: Engine URLs already warned about, so each process says it once.
 _warned_pooled: set[str] = set()
@@ -63,7 +67,8 @@ class Listener:
         self._tag = tag
         self._poll_interval = poll_interval
         self._ping_timeout = max(poll_interval, MIN_PING_TIMEOUT)
-        self._conn: Connection | None = None  # detached from the pool: ours alone
+        self._dedicated = DedicatedConnection(engine, autocommit=True)
+        self._conn: Connection | None = None  # listening (the dedicated one), or None
         self._driver: Any = None  # its DBAPI connection (psycopg2 or psycopg 3), for notifies
         self._pid = 0  # the process that opened it
         self._pooled = False  # behind a transaction pooler: poll, never LISTEN
@@ -80,17 +85,11 @@ class Listener:
         self.close()
 
     def close(self) -> None:
-        conn, self._conn, self._driver = self._conn, None, None
-        if conn is not None and self._pid == os.getpid():
-            try:
-                conn.close()
-            except Exception:  # already broken: nothing left to release
-                log.debug("closing a broken LISTEN connection failed", exc_info=True)
-        # In a forked child the connection is the parent's: it is dropped, never closed
-        # (a close would end the parent's session; the driver skips it on collection).
+        self._conn = self._driver = None
+        self._dedicated.close()
 
-    def wait(self, timeout: float) -> bool:
-        """Block up to `timeout` seconds; True when there may be new work.
+    def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Block up to `timeout` seconds, or until `stop` is set; True when there may be work.
 
         False means the time passed quietly and the connection answered a ping,
         so the silence is real and not a LISTEN connection that died unnoticed.
@@ -98,13 +97,17 @@ class Listener:
         deadline = time.monotonic() + max(timeout, 0.0)
         try:
             if self._pooled:
-                time.sleep(max(timeout, 0.0))
+                _sleep(deadline, stop)
                 return True
             if self._conn is None or self._pid != os.getpid():
                 self.close()
                 self._connect()
                 return True  # notifications may have been missed while disconnected
             while (left := deadline - time.monotonic()) > 0:
+                if stop is not None:
+                    if stop.is_set():
+                        return True
+                    left = min(left, STOP_CHECK_INTERVAL)
                 if any(self._matches(payload) for payload in self._receive(left)):
                     return True
             self._ping()
@@ -114,16 +117,15 @@ class Listener:
             # next call and, meanwhile, behave as a poll.
             log.warning("LISTEN connection lost (%s); falling back to polling", exc)
             self.close()
-            time.sleep(max(deadline - time.monotonic(), 0.0))
+            _sleep(deadline, stop)
             return True
 
     def _connect(self) -> None:
-        conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        conn.detach()  # ours alone: closed, not returned, when we are done
+        conn = self._dedicated.open()
         driver: Any = conn.connection.dbapi_connection  # psycopg2's or psycopg's own
         # A pooler hands the client a made-up backend pid (its own cancel key).
         if gateway.backend_pid(conn) != driver.info.backend_pid:
-            conn.close()
+            self._dedicated.close()
             self._pooled = True
             url = self._engine.url.render_as_string()
             (log.debug if url in _warned_pooled else log.warning)(
@@ -167,6 +169,14 @@ class Listener:
         except (ValueError, TypeError):
             return False
         return (table, queue, kind) == self._wanted and (self._tag is None or tag == self._tag)
+
+
+def _sleep(deadline: float, stop: threading.Event | None) -> None:
+    left = max(deadline - time.monotonic(), 0.0)
+    if stop is None:
+        time.sleep(left)
+    else:
+        stop.wait(left)
 
 
 def _cut(fd: int) -> None:

@@ -7,6 +7,7 @@ import threading
 
 from .. import gateway
 from ..backend import Backend
+from ..binding import DedicatedConnection
 from .periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,12 @@ class Leases:
 
 
 class Heartbeat(Periodic):
-    """Renews the leases of everything held, every third of a lease."""
+    """Renews the leases of everything held, every third of a lease.
+
+    It renews on a connection of its own, outside the pool: handlers holding every
+    pooled connection must not starve the heartbeat, or their own leases expire
+    and another worker runs their tasks a second time.
+    """
 
     name = "heartbeat"
 
@@ -46,13 +52,36 @@ class Heartbeat(Periodic):
         self._backend = backend
         self._leases = leases
         self._lease = lease
+        self._connection = DedicatedConnection(backend.binding.engine)
+        self._missing: dict[str, set[int]] = {}  # not renewed at the last tick
+
+    def start(self) -> None:
+        try:
+            self._connection.open()  # now, while the pool still has room
+        except Exception as exc:
+            log.warning("heartbeat: no connection yet (%s); trying again at each tick", exc)
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self._connection.close()
 
     def tick(self) -> None:
         held = self._leases.snapshot()
-        if not held:
-            return
-        with self._backend.binding.transaction() as conn:
-            for token, ids in held.items():
-                kept = gateway.renew_leases(conn, self._backend.statements, token, ids, self._lease)
-                if lost := set(ids) - kept:
-                    log.warning("lost the lease of tasks %s; another worker may run them", lost)
+        missing: dict[str, set[int]] = {}
+        if held:
+            with self._connection.transaction() as conn:
+                for token, ids in held.items():
+                    renewed = gateway.renew_leases(
+                        conn, self._backend.statements, token, ids, self._lease
+                    )
+                    if len(renewed) < len(ids):
+                        missing[token] = set(ids) - renewed
+        # A task finished between the snapshot and the renewal is not renewed either,
+        # and is no longer held a moment later. One still held a whole tick later is
+        # really lost: say so then, and only then.
+        for token, not_renewed in missing.items():
+            if lost := not_renewed & self._missing.get(token, set()):
+                log.warning("lost the lease of tasks %s; another worker may run them", lost)
+                self._leases.drop(token, list(lost))
+        self._missing = missing

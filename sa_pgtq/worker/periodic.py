@@ -6,6 +6,7 @@ import logging
 import threading
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -13,8 +14,9 @@ log = logging.getLogger(__name__)
 class Periodic:
     """Runs `tick()` every `interval` seconds in a thread of its own, from `start()` to `stop()`.
 
-    A database error in one tick (a restart, a dropped connection) is logged and the
-    next tick tries again: the pool reconnects on the next checkout.
+    An error in one tick (a restart, a dropped connection, a pool with no free slot)
+    is logged and the next tick tries again: a service that stopped for good would
+    let leases expire or finished tasks pile up, so no exception ends the thread.
     """
 
     name = "periodic"
@@ -30,8 +32,10 @@ class Periodic:
     def safe_tick(self) -> None:
         try:
             self.tick()
-        except DBAPIError as exc:
+        except (DBAPIError, SQLAlchemyTimeoutError) as exc:
             log.warning("%s failed (%s); retrying", self.name, exc)
+        except Exception:
+            log.exception("%s failed; retrying", self.name)
 
     def start(self) -> None:
         self._stopped.clear()

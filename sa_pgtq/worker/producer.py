@@ -7,6 +7,7 @@ import threading
 import time
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from .. import gateway
 from ..execution import Executor
@@ -89,11 +90,17 @@ class Producer:
                         continue
                     if burst:
                         return
-                    listener.wait(self._idle_wait())
-                except DBAPIError as exc:
-                    # The database went away (restart, network): the pool reconnects on
-                    # the next checkout; held tasks are safe under their leases meanwhile.
+                    listener.wait(self._idle_wait(), self._stopping)
+                except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+                    # The database went away (restart, network) or the pool had no free
+                    # connection: the pool reconnects on the next checkout; held tasks
+                    # are safe under their leases meanwhile.
                     log.warning("database error in the worker loop (%s); retrying", exc)
+                    self._stopping.wait(_RECONNECT_DELAY)
+                except Exception:
+                    # Never a handler's error (those are recorded as the task's outcome):
+                    # a bug of ours must not end the worker, nor spin it.
+                    log.exception("unexpected error in the worker loop; retrying")
                     self._stopping.wait(_RECONNECT_DELAY)
 
     def _claim(self, limit: int) -> list[Task]:
