@@ -24,6 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit once nothing is due")
     worker.add_argument("--batch-size", type=int, default=100, help="most tasks claimed at once")
     worker.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
+    worker.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds a task may run, for handlers without a timeout of their own",
+    )
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
     demo = commands.add_parser("demo", help="show jobs committing with the application's rows")
@@ -60,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=args.concurrency,
             batch_size=args.batch_size,
             lease=args.lease,
+            timeout=args.timeout,
         ).run(burst=args.burst)
     elif args.command == "demo":
         demo.run(args.url)

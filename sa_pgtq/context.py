@@ -14,33 +14,74 @@ extra transaction, and its completion is acknowledged in a batch.
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from .backend import Backend
-from .errors import NoWorkerContextError
+from .errors import NoWorkerContextError, TaskTimeoutError
 from .models import JobMixin
 from .tasks import Task
 
 
 class JobContext:
-    """The running task plus its lazily opened Session."""
+    """The running task plus its Session: opened on first use, or the caller's.
 
-    def __init__(self, backend: Backend, task: Task) -> None:
+    A run with a time limit may be given up on while the handler still runs
+    (`expire`); from then on nothing the handler does can commit. `finish` and
+    `expire` decide, once, which of the two happened.
+    """
+
+    def __init__(self, backend: Backend, task: Task, session: Session | None = None) -> None:
         self.backend = backend
         self.task = task
-        self.session: Session | None = None
+        self.session = session
+        self._owns_session = session is None
+        self._lock = threading.Lock()
+        self._ended: str | None = None  # "finished" or "expired"
 
     def open_session(self) -> Session:
         if self.session is None:
+            if self.expired:
+                raise self.timeout_error()
             self.session = self.backend.binding.sessions()
+            event.listen(self.session, "before_commit", self._refuse_if_expired)
         return self.session
 
     def close(self) -> None:
-        if self.session is not None:
+        if self.session is not None and self._owns_session:
             self.session.close()  # rolls back whatever was not committed
             self.session = None
+
+    def finish(self) -> bool:
+        """The handler returned or raised in time: its outcome is recorded (False: too late)."""
+        return self._end("finished")
+
+    def expire(self) -> bool:
+        """The run is given up on (False: its outcome is being recorded right now)."""
+        return self._end("expired")
+
+    @property
+    def expired(self) -> bool:
+        return self._ended == "expired"
+
+    def timeout_error(self) -> TaskTimeoutError:
+        return TaskTimeoutError(
+            f"task {self.task.id} ({self.task.name}) ran out of time; "
+            "what it writes now is rolled back"
+        )
+
+    def _end(self, how: str) -> bool:
+        with self._lock:
+            if self._ended is None:
+                self._ended = how
+            return self._ended == how
+
+    def _refuse_if_expired(self, session: Session) -> None:
+        if self.expired:
+            raise self.timeout_error()
 
 
 _current: ContextVar[JobContext | None] = ContextVar("sa_pgtq_job", default=None)

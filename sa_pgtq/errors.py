@@ -73,6 +73,10 @@ class LeaseLostError(SaPgtqError, RuntimeError):
     """A task finished after another worker had taken it over; its outcome was discarded."""
 
 
+class TaskTimeoutError(SaPgtqError, TimeoutError):
+    """A task ran longer than its handler's `timeout`; the run counts as a failed attempt."""
+
+
 def describe_error(exc: BaseException, limit: int = 20_000) -> str:
     """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -12,13 +12,16 @@ import logging
 import os
 import random
 import socket
+import threading
 import uuid
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.orm import Session, scoped_session
 
 from . import gateway
 from .backend import Backend
+from .binding import join
 from .context import JobContext, activate, deactivate
 from .errors import (
     LeaseLostError,
@@ -27,7 +30,15 @@ from .errors import (
     WorkerLostError,
     describe_error,
 )
-from .handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_RETRY_DELAY, HandlerRegistry
+from .handlers import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_DELAY,
+    MAX_RETRY_DELAY,
+    Handler,
+    HandlerRegistry,
+)
+from .leases import Heartbeat, Leases
+from .runner import Runner
 from .tasks import Outcome, Task
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,7 @@ class Executor:
     def __init__(self, backend: Backend, handlers: HandlerRegistry) -> None:
         self.backend = backend
         self.handlers = handlers
+        self._local = threading.local()  # each thread's `Runner`, for runs with a time limit
 
     def claim(
         self,
@@ -76,32 +88,60 @@ class Executor:
                 args, kwargs = decode_call(row.data)
             except TaskArgumentsError as exc:
                 # A payload no handler can take never will: fail it for good, visibly.
-                broken = Task(row.id, row.name, (), {}, row.attempts, token, self)
+                broken = Task(row.id, row.name, (), {}, row.attempts, token, self, lease, caller)
                 self.record_failure(broken, exc, final=True)
                 continue
-            tasks.append(Task(row.id, row.name, args, kwargs, row.attempts, token, self))
+            tasks.append(
+                Task(row.id, row.name, args, kwargs, row.attempts, token, self, lease, caller)
+            )
         return tasks
 
-    def run_claimed(self, task: Task) -> Outcome:
+    def run_claimed(self, task: Task, timeout: float | None = None) -> Outcome:
         """Run one claimed task's handler; record a failure, or commit its session with the ack.
 
         A success without a session is left to the caller to acknowledge (`needs_ack`),
-        so that a worker can remove finished tasks in batches.
+        so that a worker can remove finished tasks in batches. A run longer than the
+        handler's `timeout` (else the given default) fails with `TaskTimeoutError`;
+        the handler's thread is left behind, and nothing it writes commits.
         """
         handler = self.handlers.get(task.name)
+        limit = timeout if handler is None or handler.timeout is None else handler.timeout
         context = JobContext(self.backend, task)
+        if limit is None:
+            return self._attempt(handler, context)
+        runner = self._runner()
+        call = runner.submit(lambda: self._attempt(handler, context))
+        if call.done.wait(limit) or not context.expire():
+            return call.result()  # in time, or its outcome was being recorded already
+        self._local.runner = None
+        runner.abandon()
+        exc = context.timeout_error()
+        self.record_failure(task, exc)
+        return Outcome(succeeded=False, error=exc)
+
+    def run_popped(self, task: Task) -> Outcome:
+        """Run a task taken with `Queue.pop()`: its lease is kept alive while it runs."""
+        if task.caller is not None:
+            return self._run_in_caller(task)
+        leases = Leases()
+        leases.hold(task.token, [task.id])
+        heartbeat = Heartbeat(self.backend, leases, task.lease, own_connection=False)
+        heartbeat.start()
+        try:
+            outcome = self.run_claimed(task)
+        finally:
+            heartbeat.stop()
+        if outcome.needs_ack:
+            self.acknowledge([(task.token, [task.id])])
+        return outcome
+
+    def _attempt(self, handler: Handler[Any, Any] | None, context: JobContext) -> Outcome:
+        task = context.task
         reset = activate(context)
         try:
-            if handler is None:
-                raise UnknownHandlerError(
-                    f"no handler named {task.name!r} is registered on queue "
-                    f"{self.backend.queue_name!r}"
-                )
-            if task.attempts > handler.max_attempts:
-                raise WorkerLostError(
-                    f"gave up after {handler.max_attempts} attempts: the last one never finished"
-                )
-            result = handler.func(*task.args, **task.kwargs)
+            result = _call(handler, task, self.backend.queue_name)
+            if not context.finish():
+                return Outcome(succeeded=False, error=context.timeout_error())
             if context.session is None:
                 return Outcome(succeeded=True, result=result, needs_ack=True)
             # The handler's writes and the job's removal commit together, or not at all.
@@ -118,18 +158,44 @@ class Executor:
             return Outcome(succeeded=True, result=result)
         except Exception as exc:
             context.close()  # the handler's uncommitted writes go first
+            if not context.finish():  # too late: the timeout was recorded instead
+                return Outcome(succeeded=False, error=context.timeout_error())
             self.record_failure(task, exc)
             return Outcome(succeeded=False, error=exc)
         finally:
             deactivate(reset)
             context.close()
 
-    def run_popped(self, task: Task) -> Outcome:
-        """Run a task taken with `Queue.pop()` and remove it at once when it succeeds."""
-        outcome = self.run_claimed(task)
-        if outcome.needs_ack:
-            self.acknowledge([(task.token, [task.id])])
-        return outcome
+    def _run_in_caller(self, task: Task) -> Outcome:
+        """A task claimed in the caller's transaction: run and recorded in it, never committed.
+
+        No heartbeat is needed: until the caller commits, the claim is the caller's
+        row lock, which no other worker can take over.
+        """
+        joined = join(task.caller, self.backend.statements.model)
+        caller = task.caller() if isinstance(task.caller, scoped_session) else task.caller
+        session = caller if isinstance(caller, Session) else Session(bind=joined.connection)
+        context = JobContext(self.backend, task, session)
+        block = joined.savepoint()  # the handler's writes, undone alone if it fails
+        reset = activate(context)
+        try:
+            result = _call(self.handlers.get(task.name), task, self.backend.queue_name)
+        except Exception as exc:
+            block.rollback()
+            self.record_failure(task, exc)
+            return Outcome(succeeded=False, error=exc)
+        finally:
+            deactivate(reset)
+        block.commit()
+        session.flush()
+        gateway.acknowledge_tasks(joined.connection, self.backend.statements, task.token, [task.id])
+        return Outcome(succeeded=True, result=result)
+
+    def _runner(self) -> Runner:
+        runner: Runner | None = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = Runner(f"sa_pgtq-handler-{threading.get_ident()}")
+        return runner
 
     def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> None:
         """Queue the task again after a backoff, or keep it as `failed` once out of attempts."""
@@ -148,7 +214,7 @@ class Executor:
             "giving up" if give_up else f"retrying in {delay:.1f}s",
         )
         self.backend.run(
-            None,
+            task.caller,
             gateway.retry_task,
             task.id,
             task.token,
@@ -173,6 +239,18 @@ class Executor:
                 log.warning(
                     "%d finished tasks had lost their lease and may run again", len(ids) - removed
                 )
+
+
+def _call(handler: Handler[Any, Any] | None, task: Task, queue_name: str) -> Any:
+    if handler is None:
+        raise UnknownHandlerError(
+            f"no handler named {task.name!r} is registered on queue {queue_name!r}"
+        )
+    if task.attempts > handler.max_attempts:
+        raise WorkerLostError(
+            f"gave up after {handler.max_attempts} attempts: the last one never finished"
+        )
+    return handler.func(*task.args, **task.kwargs)
 
 
 def decode_call(data: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

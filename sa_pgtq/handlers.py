@@ -31,12 +31,14 @@ class Handler(Generic[P, R]):
         name: str,
         max_attempts: int,
         retry_delay: float,
+        timeout: float | None = None,
     ) -> None:
         self.backend = backend
         self.func = func
         self.name = name
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        self.timeout = timeout  # seconds a run may take; None: the worker's default
         self.signature = inspect.signature(func)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
@@ -132,10 +134,11 @@ class HandlerRegistry:
         return len(self._handlers)
 
     def decorator(
-        self, name: str | None, max_attempts: int, retry_delay: float
+        self, name: str | None, max_attempts: int, retry_delay: float, timeout: float | None = None
     ) -> Callable[[Callable[P, R]], Handler[P, R]]:
         validation.check_count(max_attempts, "max_attempts")
         validation.check_timeout(retry_delay, "retry_delay")
+        timeout = validation.check_timeout(timeout, "timeout")
 
         def register(func: Callable[P, R]) -> Handler[P, R]:
             handler_name = validation.check_name(name or func.__name__, "handler name")
@@ -144,7 +147,7 @@ class HandlerRegistry:
                     f"a handler named {handler_name!r} already exists "
                     f"on queue {self._backend.queue_name!r}"
                 )
-            handler = Handler(self._backend, func, handler_name, max_attempts, retry_delay)
+            handler = Handler(self._backend, func, handler_name, max_attempts, retry_delay, timeout)
             self._handlers[handler_name] = handler
             return handler
 

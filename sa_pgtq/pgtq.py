@@ -12,6 +12,7 @@ meaning.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from .binding import Bind, Caller
@@ -58,18 +59,19 @@ class PgTq(Queue):
         *,
         max_attempts: int | None = None,
         retry_delay: float = DEFAULT_RETRY_DELAY,
+        timeout: float | None = None,
     ) -> Callable[[Callable[P, R]], Handler[P, R]]:
         """pgtq's decorator: `max_retries` retries after the first try (None: sa_pgtq's default)."""
         if max_retries is not None:
             max_attempts = check_non_negative(max_retries, "max_retries") + 1
         if max_attempts is None:
             max_attempts = DEFAULT_MAX_ATTEMPTS
-        return super().handler(name, max_attempts=max_attempts, retry_delay=retry_delay)
+        return super().handler(
+            name, max_attempts=max_attempts, retry_delay=retry_delay, timeout=timeout
+        )
 
-    def pop(self, session: Caller | None = None) -> Task | None:
-        task = super().pop(session)
+    def pop(self, session: Caller | None = None, *, lease: float | None = None) -> Task | None:
+        task = super().pop(session, lease=lease)
         if task is None:
             return None
-        return Task(
-            task.id, task.name, task.args, task.kwargs, task.attempts, task.token, task.runner
-        )
+        return Task(**{f.name: getattr(task, f.name) for f in fields(task)})

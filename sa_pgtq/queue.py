@@ -229,22 +229,27 @@ class Queue:
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_delay: float = DEFAULT_RETRY_DELAY,
+        timeout: float | None = None,
     ) -> Callable[[Callable[P, R]], Handler[P, R]]:
         """Register a function as a task handler (name defaults to the function's name).
 
         A failing task is retried after `retry_delay` seconds, doubling per attempt
         (with jitter), until it has been tried `max_attempts` times; then it is kept
-        as `failed` with its error.
+        as `failed` with its error. A run longer than `timeout` seconds fails with
+        `TaskTimeoutError` (None: the worker's default, if any).
         """
-        return self.handlers.decorator(name, max_attempts, retry_delay)
+        return self.handlers.decorator(name, max_attempts, retry_delay, timeout)
 
-    def pop(self, session: Caller | None = None) -> Task | None:
-        """Claim the next due task under a lease; run it with `task.run()`.
+    def pop(self, session: Caller | None = None, *, lease: float | None = None) -> Task | None:
+        """Claim the next due task under a lease of `lease` seconds; run it with `task.run()`.
 
-        A popped task that is never run is not lost: once its lease expires a
-        worker takes it over.
+        `run()` keeps the lease alive while the handler runs. A popped task that is
+        never run is not lost: once its lease expires a worker takes it over. Popped
+        in the caller's `session`, it is the caller's until they commit: `run()`
+        records its outcome in that transaction.
         """
-        claimed = self.executor.claim(1, DEFAULT_LEASE, session)
+        seconds = validation.check_timeout(lease, "lease") or DEFAULT_LEASE
+        claimed = self.executor.claim(1, seconds, session)
         return claimed[0] if claimed else None
 
     # -- helpers -------------------------------------------------------------

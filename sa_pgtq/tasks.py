@@ -33,7 +33,13 @@ class Task:
     attempts: int  # tries started, this one included
     token: str = field(repr=False)  # identifies this claim; a lost lease makes it stale
     runner: TaskRunner = field(repr=False, compare=False)
+    lease: float = field(repr=False)  # seconds the claim stays valid without a renewal
+    caller: object = field(default=None, repr=False, compare=False)  # whose transaction
 
     def run(self) -> bool:
-        """Run the handler and record the outcome; True if it succeeded."""
+        """Run the handler and record the outcome; True if it succeeded.
+
+        Its lease is kept alive while it runs. A task popped in the caller's
+        transaction runs in a savepoint of it and records its outcome there too.
+        """
         return self.runner.run_popped(self).succeeded

@@ -11,12 +11,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sa_pgtq"
 # folder (worker.*); anything else, lazy or TYPE_CHECKING imports included, is a cycle
 # waiting to happen.
 LAYERS = [
-    {"errors", "models", "embedded"},
+    {"errors", "models", "embedded", "periodic", "runner"},
     {"validation", "schema"},
     {"statements"},
     {"gateway", "binding"},
     {"backend", "listener", "tasks"},
-    {"context", "handlers"},
+    {"context", "handlers", "leases"},
     {"execution", "consuming"},
     {"queue"},
     {"q4pg", "pgtq"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from types import ModuleType
 
 import pytest
@@ -54,3 +55,18 @@ def test_sigterm_finishes_the_current_job_then_exits_zero(
     left = count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'queued' AND attempts = 0")
     assert left == 1, "the next job was not started and goes back untouched"
     assert count(app, "SELECT count(*) FROM sa_pgtq_jobs") == 1
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_exits_at_once_leaving_the_task_to_its_lease(
+    workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str
+) -> None:
+    workerapp.slow.push(4, 60.0)  # hung, as far as anyone can tell
+    worker = spawn(db_url, "--lease", "2")
+    wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert worker.poll() is None, "the first signal waits for the task in hand"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(1.5) == 128 + signal.SIGTERM
+    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'running'") == 1

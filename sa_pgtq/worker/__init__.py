@@ -14,6 +14,7 @@ may share one table.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,10 +24,10 @@ from typing import NoReturn
 
 from .. import validation
 from ..execution import DEFAULT_LEASE
+from ..leases import Heartbeat, Leases
+from ..periodic import Periodic
 from ..queue import Queue
 from .completer import Completer
-from .leases import Heartbeat, Leases
-from .periodic import Periodic
 from .producer import Producer
 from .rescuer import Rescuer
 
@@ -46,6 +47,7 @@ class Worker:
         batch_size: int = 100,
         lease: float | None = None,
         poll_interval: float | None = None,
+        timeout: float | None = None,
         install_signal_handlers: bool = True,
     ) -> None:
         self.queue = queue
@@ -55,6 +57,8 @@ class Worker:
         self.poll_interval = (
             validation.check_timeout(poll_interval, "poll_interval") or queue.poll_interval
         )
+        #: Seconds a task may run when its handler sets no timeout (None: no limit).
+        self.timeout = validation.check_timeout(timeout, "timeout")
         self.install_signal_handlers = install_signal_handlers
         self._stopping = threading.Event()
 
@@ -79,6 +83,7 @@ class Worker:
             batch_size=self.batch_size,
             lease=self.lease,
             poll_interval=self.poll_interval,
+            timeout=self.timeout,
         )
         with self._signals(), _running(heartbeat, rescuer), _running(completer, final=True):
             log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
@@ -106,6 +111,11 @@ class Worker:
             return
 
         def graceful(signum: int, frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                # A second signal: the tasks in hand are left to their leases (another
+                # worker takes them over once those expire), as after a crash.
+                log.warning("signal %s again: exiting now", signum)
+                os._exit(128 + signum)
             log.info("signal %s: finishing the current task, then stopping", signum)
             self.stop()
 

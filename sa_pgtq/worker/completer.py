@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 from ..execution import Executor, Finished
-from .leases import Leases
-from .periodic import Periodic
+from ..leases import Leases
+from ..periodic import Periodic
 
 #: Seconds a finished task may wait for its batched removal.
 ACK_INTERVAL = 0.5

@@ -11,11 +11,11 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from .. import gateway
 from ..execution import Executor
+from ..leases import Leases
 from ..listener import Listener, idle_wait
 from ..models import TASK
 from ..tasks import Task
 from .completer import Completer
-from .leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Producer:
         batch_size: int,
         lease: float,
         poll_interval: float,
+        timeout: float | None,
     ) -> None:
         self._executor = executor
         self._leases = leases
@@ -66,6 +67,7 @@ class Producer:
         self._batch_size = batch_size
         self._lease = lease
         self._poll_interval = poll_interval
+        self._timeout = timeout
 
     def run(self, burst: bool) -> None:
         """Claim and run until stopped; with `burst`, until nothing is due."""
@@ -124,7 +126,7 @@ class Producer:
                 if self._stopping.is_set():
                     self._executor.release(token, ids[done:])
                     break
-                outcome = self._executor.run_claimed(task)
+                outcome = self._executor.run_claimed(task, self._timeout)
                 done += 1
                 if outcome.needs_ack:
                     self._completer.finished(token, task.id)  # keeps its lease until removed

@@ -6,7 +6,7 @@ import logging
 
 from .. import gateway
 from ..backend import Backend
-from .periodic import Periodic
+from ..periodic import Periodic
 
 log = logging.getLogger(__name__)
 

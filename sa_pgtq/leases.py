@@ -1,13 +1,16 @@
-"""The heartbeat: keeps the lease of every task a worker holds alive."""
+"""The heartbeat: keeps the lease of every task held alive, a worker's or a popped one."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager
 
-from .. import gateway
-from ..backend import Backend
-from ..binding import DedicatedConnection
+from sqlalchemy import Connection
+
+from . import gateway
+from .backend import Backend
+from .binding import DedicatedConnection
 from .periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -40,37 +43,48 @@ class Leases:
 class Heartbeat(Periodic):
     """Renews the leases of everything held, every third of a lease.
 
-    It renews on a connection of its own, outside the pool: handlers holding every
-    pooled connection must not starve the heartbeat, or their own leases expire
-    and another worker runs their tasks a second time.
+    A worker's heartbeat renews on a connection of its own, outside the pool:
+    handlers holding every pooled connection must not starve it, or their own
+    leases expire and another worker runs their tasks a second time. A popped
+    task's (`own_connection=False`) borrows a pooled one at each tick, so a short
+    run opens none.
     """
 
     name = "heartbeat"
 
-    def __init__(self, backend: Backend, leases: Leases, lease: float) -> None:
+    def __init__(
+        self, backend: Backend, leases: Leases, lease: float, *, own_connection: bool = True
+    ) -> None:
         super().__init__(lease / 3)
         self._backend = backend
         self._leases = leases
         self._lease = lease
-        self._connection = DedicatedConnection(backend.binding.engine)
+        self._connection = DedicatedConnection(backend.binding.engine) if own_connection else None
         self._missing: dict[str, set[int]] = {}  # not renewed at the last tick
 
     def start(self) -> None:
-        try:
-            self._connection.open()  # now, while the pool still has room
-        except Exception as exc:
-            log.warning("heartbeat: no connection yet (%s); trying again at each tick", exc)
+        if self._connection is not None:
+            try:
+                self._connection.open()  # now, while the pool still has room
+            except Exception as exc:
+                log.warning("heartbeat: no connection yet (%s); trying again at each tick", exc)
         super().start()
 
     def stop(self) -> None:
         super().stop()
-        self._connection.close()
+        if self._connection is not None:
+            self._connection.close()
+
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        if self._connection is None:
+            return self._backend.binding.transaction()
+        return self._connection.transaction()
 
     def tick(self) -> None:
         held = self._leases.snapshot()
         missing: dict[str, set[int]] = {}
         if held:
-            with self._connection.transaction() as conn:
+            with self._transaction() as conn:
                 for token, ids in held.items():
                     renewed = gateway.renew_leases(
                         conn, self._backend.statements, token, ids, self._lease
