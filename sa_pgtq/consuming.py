@@ -8,13 +8,17 @@ differently from `Queue`.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
+from sqlalchemy.exc import DBAPIError
 
 from . import gateway
 from .backend import Backend
@@ -24,6 +28,11 @@ from .gateway import MessageRow
 from .listener import Listener, idle_wait
 from .models import MESSAGE
 from .statements import Order
+
+log = logging.getLogger(__name__)
+
+#: Seconds `listen` waits before trying again after a database error.
+RECONNECT_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,55 @@ def listen(
     rules: Callable[[], Rules],
     present: Callable[[MessageRow], Any],
     poll_interval: float,
-) -> Iterator[Any]:
+) -> Listening:
     """Yield messages as they arrive, each held while the loop body runs; None when quiet.
 
     `rules` is asked before each message: q4pg lets the threshold change on the fly.
+    On its own connections it survives what a worker survives (a restart, a
+    dropped connection, a body that outlived `idle_in_transaction_session_timeout`):
+    the message in hand goes back, counted as failed, and listening goes on.
     """
+    return Listening(_listen(backend, tag, timeout, caller, rules, present, poll_interval))
+
+
+class Listening(Iterator[Any]):
+    """What `listen` returns: an iterator, and a context manager that releases it.
+
+    A message is held until the next one is asked for. Leaving a `for` loop over
+    `q.listen(...)` itself releases it at once; an iterator kept in a variable
+    holds it until closed (`with q.listen(...) as messages:` or `close()`), or
+    until it is garbage-collected.
+    """
+
+    def __init__(self, items: Generator[Any, None, None]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Listening:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Put the message in hand back and stop listening."""
+        self._items.close()
+
+    def __enter__(self) -> Listening:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _listen(
+    backend: Backend,
+    tag: str,
+    timeout: float | None,
+    caller: object,
+    rules: Callable[[], Rules],
+    present: Callable[[MessageRow], Any],
+    poll_interval: float,
+) -> Generator[Any, None, None]:
     quiet_since = time.monotonic()  # before connecting: a timeout counts from the call
     listener = Listener(
         backend.binding.listen_engine,
@@ -111,14 +164,26 @@ def listen(
     )
     with listener:
         while True:
-            current = rules()
-            with hold(backend, tag, caller, current) as row:
+            in_body = False
+            try:
+                current = rules()
+                with hold(backend, tag, caller, current) as row:
+                    if row is not None:
+                        in_body = True
+                        yield present(row)
+                        in_body = False
                 if row is not None:
-                    yield present(row)
-            if row is not None:
-                quiet_since = time.monotonic()
+                    quiet_since = time.monotonic()
+                    continue
+                due = backend.run(
+                    caller, gateway.seconds_until_next_message, backend.queue_name, tag
+                )
+            except DBAPIError as exc:
+                if in_body or caller is not None:
+                    raise  # the loop body's own error, or the caller's transaction is gone
+                log.warning("listen: database error (%s); retrying", exc)
+                listener.wait(RECONNECT_DELAY)
                 continue
-            due = backend.run(caller, gateway.seconds_until_next_message, backend.queue_name, tag)
             wait = idle_wait(None if due is None else due + current.due_slack, poll_interval)
             if timeout is not None:
                 left = quiet_since + timeout - time.monotonic()
@@ -164,17 +229,17 @@ def _held(
         if block is not None:
             block.rollback()
         if rules.counts_as_failure(exc):
-            give_up = rules.gives_up(row["attempts"] + 1)
-            gateway.restore_message(
-                conn,
-                backend.statements,
-                row,
-                error=describe_error(exc),
-                to_tail=rules.failure_to_tail,
-                give_up=give_up,
-            )
-            if own:
+            failure = Failure.of(row, describe_error(exc), rules)
+            if not own:
+                failure.restore(conn, backend)
+                _recount_if_rolled_back(conn, backend, failure)
+                raise
+            try:
+                failure.restore(conn, backend)
                 conn.commit()
+            except DBAPIError:
+                # The connection died with the removal: the message is back untouched.
+                failure.count_anew(backend)
         elif own:
             conn.rollback()  # the removal is undone: the message is back untouched
         else:
@@ -183,7 +248,102 @@ def _held(
     if block is not None:
         block.commit()
     if own:
-        conn.commit()
+        try:
+            conn.commit()
+        except DBAPIError as exc:
+            # The server ended the transaction (idle_in_transaction_session_timeout, a
+            # restart): the message is back. Count it, or it comes back at the head
+            # again and again, its side effects repeated each time.
+            lost = f"the removal did not commit; the connection was lost: {exc}"
+            Failure(
+                row, lost, rules.failure_to_tail, rules.gives_up(row["attempts"] + 1)
+            ).count_anew(backend)
+            raise
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt at a message, as it is put back."""
+
+    row: MessageRow
+    error: str
+    to_tail: bool
+    give_up: bool
+
+    @classmethod
+    def of(cls, row: MessageRow, error: str, rules: Rules) -> Failure:
+        return cls(row, error, rules.failure_to_tail, rules.gives_up(row["attempts"] + 1))
+
+    def restore(self, conn: Connection, backend: Backend) -> None:
+        gateway.restore_message(
+            conn,
+            backend.statements,
+            self.row,
+            error=self.error,
+            to_tail=self.to_tail,
+            give_up=self.give_up,
+        )
+
+    def count_anew(self, backend: Backend) -> None:
+        """Count it on a connection of our own: its restore was lost with its transaction."""
+        try:
+            backend.run_atomic(
+                None,
+                gateway.count_lost_failure,
+                self.row,
+                error=self.error,
+                to_tail=self.to_tail,
+                give_up=self.give_up,
+            )
+        except Exception as exc:  # the database is away: the message is back, uncounted
+            log.warning("message %s: could not count its failure (%s)", self.row["id"], exc)
+
+
+class _Recount:
+    """Failures restored in a caller's transaction, counted anew if it rolls back.
+
+    The caller's rollback undoes the restore with the removal, so the message would
+    be back at the head with its old count: a poison message would never reach
+    the tail nor `excepted_times_to_ignore`. The events fire just before the
+    rollback, so the count runs in a thread whose UPDATE waits for the rollback
+    to release the row. Counting is idempotent (it needs the old count), so a
+    savepoint rollback that did not undo the restore counts nothing.
+    """
+
+    def __init__(self, conn: Connection, backend: Backend) -> None:
+        self._backend = backend
+        self.pending: list[Failure] = []
+        event.listen(conn, "commit", self._committed)
+        event.listen(conn, "rollback", self._rolled_back)
+        event.listen(conn, "rollback_savepoint", self._savepoint_rolled_back)
+
+    def _committed(self, conn: Connection) -> None:
+        self.pending.clear()
+
+    def _rolled_back(self, conn: Connection) -> None:
+        self._count(self.pending)
+        self.pending = []
+
+    def _savepoint_rolled_back(self, conn: Connection, name: str, context: object) -> None:
+        self._count(list(self.pending))
+
+    def _count(self, failures: list[Failure]) -> None:
+        def count() -> None:
+            for failure in failures:
+                failure.count_anew(self._backend)
+
+        if failures:
+            threading.Thread(target=count, name="sa_pgtq-recount", daemon=True).start()
+
+
+_recounts: weakref.WeakKeyDictionary[Connection, _Recount] = weakref.WeakKeyDictionary()
+
+
+def _recount_if_rolled_back(conn: Connection, backend: Backend, failure: Failure) -> None:
+    recount = _recounts.get(conn)
+    if recount is None:
+        recount = _recounts[conn] = _Recount(conn, backend)
+    recount.pending.append(failure)
 
 
 def _remove_next(

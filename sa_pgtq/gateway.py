@@ -32,6 +32,7 @@ _LISTEN = text(f"LISTEN {schema.CHANNEL}")
 _NAME_LISTENER = text(f"SET application_name = '{LISTENER_NAME}'")
 _PING = text("SELECT 1")
 _BACKEND_PID = text("SELECT pg_backend_pid()")
+_SHORT_LOCK_WAIT = text("SET LOCAL lock_timeout = '2s'")
 _LOCK_SCHEMA = select(func.pg_advisory_xact_lock(func.hashtext(literal(schema.CHANNEL))))
 
 
@@ -108,6 +109,31 @@ def restore_message(
     if give_up:
         row = {**row, "state": FAILED}
     conn.execute(table.restore_message, row)
+
+
+def count_lost_failure(
+    conn: Connection,
+    table: Statements,
+    row: MessageRow,
+    *,
+    error: str,
+    to_tail: bool,
+    give_up: bool,
+) -> bool:
+    """Count a failure whose restore was lost with its transaction; False if nothing to count.
+
+    Run in a transaction of its own; it waits a little for the lost transaction's
+    row lock (a rollback that is still under way), never long.
+    """
+    conn.execute(_SHORT_LOCK_WAIT)
+    params = {
+        "job_id": row["id"],
+        "seen_attempts": row["attempts"],
+        "error": error,
+        "to_tail": to_tail,
+        "state": FAILED if give_up else QUEUED,
+    }
+    return conn.execute(table.count_lost_failure, params).rowcount == 1
 
 
 def count_messages(

@@ -132,7 +132,7 @@ class QueueManager:
         row = consuming.take(self.queue.backend, _check_tag(tag), other_sess, self._rules())
         return None if row is None else self._removed(row)
 
-    def listen(self, tag: str, timeout: float | None = None) -> Iterator[Any]:
+    def listen(self, tag: str, timeout: float | None = None) -> consuming.Listening:
         """Yield message data as it arrives; None after `timeout` quiet seconds.
 
         Each message is removed when the next one is asked for; leaving the loop
@@ -140,7 +140,7 @@ class QueueManager:
         """
         return self._listen(tag, timeout, message_data)
 
-    def listen_item(self, tag: str, timeout: float | None = None) -> Iterator[Row | None]:
+    def listen_item(self, tag: str, timeout: float | None = None) -> consuming.Listening:
         return self._listen(tag, timeout, self._removed)
 
     def list(
@@ -190,7 +190,7 @@ class QueueManager:
 
     def _listen(
         self, tag: str, timeout: float | None, present: Callable[[MessageRow], Any]
-    ) -> Iterator[Any]:
+    ) -> consuming.Listening:
         seconds = validation.check_timeout(timeout)
         backend = self.queue.backend
         return consuming.listen(

@@ -161,7 +161,7 @@ class Queue:
 
     def listen(
         self, tag: str, timeout: float | None = None, session: Caller | None = None
-    ) -> Iterator[Any]:
+    ) -> consuming.Listening:
         """Yield message data as it arrives, woken by NOTIFY (no busy polling).
 
         Each message is held in a transaction while the loop body runs and removed
@@ -173,13 +173,13 @@ class Queue:
 
     def listen_item(
         self, tag: str, timeout: float | None = None, session: Caller | None = None
-    ) -> Iterator[Any]:
+    ) -> consuming.Listening:
         """Like `listen`, yielding whole `Job` rows."""
         return self._listen(tag, timeout, session, self._job)
 
     def _listen(
         self, tag: str, timeout: object, session: object, present: Callable[[MessageRow], Any]
-    ) -> Iterator[Any]:
+    ) -> consuming.Listening:
         if isinstance(timeout, (Session, scoped_session, Connection)):
             timeout, session = None, timeout  # q4pg style: the session passed positionally last
         seconds = validation.check_timeout(timeout)

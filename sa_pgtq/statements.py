@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -165,6 +166,25 @@ class Statements:
                     bindparam("run_at", type_=c.run_at.type), func.clock_timestamp()
                 ),
             }
+        )
+        #: job_id, seen_attempts (as handed out), error, to_tail, state -> the failure of a
+        #: message whose restore was lost with its transaction (a rollback, a dropped
+        #: connection), counted once: a restore that did commit already raised `attempts`
+        self.count_lost_failure: Update = (
+            update(table)
+            .where(
+                c.id == bindparam("job_id"),
+                c.state == const(QUEUED),
+                c.attempts == bindparam("seen_attempts"),
+            )
+            .values(
+                attempts=c.attempts + 1,
+                last_error=bindparam("error", type_=Text),
+                run_at=case(
+                    (bindparam("to_tail", type_=Boolean), func.clock_timestamp()), else_=c.run_at
+                ),
+                state=bindparam("state", type_=Text),
+            )
         )
         # q4pg counts and lists only what is due unless asked for the scheduled ones too.
         listed = and_(
