@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 
 import sa_pgtq
 from sa_pgtq import errors
+from sa_pgtq.errors import describe_error
 
 # JSON-ish values including the awkward parts: NaN/inf, NUL, lone surrogates, huge ints.
 scalars = (
@@ -100,3 +101,12 @@ def test_non_standard_json_numbers_are_rejected(q: sa_pgtq.Queue, bad: object) -
     with pytest.raises(errors.DataNotSerializableError):
         q.enqueue("t", bad)
     assert jobs_in_table(q.engine) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=st.text())
+def test_any_error_text_can_be_stored_as_last_error(message: str) -> None:
+    described = describe_error(ValueError(message))
+    described.encode("utf-8")  # no lone surrogate
+    assert "\x00" not in described, "PostgreSQL's text cannot hold NUL"
+    assert described.startswith("ValueError")
