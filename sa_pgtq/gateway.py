@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, func, inspect, literal, select, text
 from sqlalchemy.engine import RowMapping
 
-from . import schema
+from . import schema, validation
+from .errors import DataTooDeepError
 from .models import FAILED, QUEUED, TASK, JobMixin
 from .statements import Order, Statements
 
@@ -169,7 +170,7 @@ def requeue_failed(
 class ClaimedTask:
     id: int
     name: str
-    data: Any
+    data: str  # JSON text, decoded (bounded) by the caller
     attempts: int  # tries started, this one included
 
 
@@ -269,7 +270,14 @@ def _notify(conn: Connection, table: Statements, queue_name: str, kind: str, tag
 
 def _jobs(table: Statements, rows: Iterable[RowMapping]) -> list[JobMixin]:
     model = table.model
-    return [model(**row) for row in rows]
+    return [model(**{**row, "data": _listed_data(row["data"])}) for row in rows]
+
+
+def _listed_data(text: str) -> Any:
+    try:
+        return validation.decode_data(text)
+    except DataTooDeepError:
+        return None  # listed all the same: its last_error says why once a consumer met it
 
 
 def _seconds(value: Any) -> float | None:

@@ -10,7 +10,6 @@ commits.
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -263,4 +262,4 @@ def job_from_row(model: type[JobMixin], row: MessageRow) -> JobMixin:
 
 def message_data(row: MessageRow) -> Any:
     """A removed message's data, decoded from the JSON text it was returned as."""
-    return json.loads(row["data"])
+    return validation.decode_data(row["data"])

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from .errors import (
     DataNotSerializableError,
     DataNotStorableError,
+    DataTooDeepError,
     DataTooLongError,
     DataTypeError,
     InvalidInputError,
@@ -25,12 +26,22 @@ DataType = Literal["json", "text"]
 
 #: Tags and queue names travel in NOTIFY payloads (8000 bytes at most), so they are bounded.
 MAX_NAME_LENGTH = 255
+#: How deeply a payload may nest arrays and objects (a task's data counts its
+#: {"args": [...]} wrapper). Decoding much deeper data raises RecursionError in every
+#: consumer (json, the drivers), so it is refused at enqueue and, when another producer
+#: wrote it with plain SQL, fails its own job instead of every consumer.
+MAX_DEPTH = 200
 _INT32 = 2**31 - 1
 
 # jsonb rejects the \u0000 escape; an escaped backslash before "u0000" is harmless.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # One encoder for every payload: json.dumps with options builds a new one per call.
 _JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+# A JSON string (UTF-8), escapes included. For measuring nesting, objects count as
+# arrays ({ as [) and only brackets and quotes matter.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(set(range(256)) - set(b'[]{}"'))
 
 
 def check_name(value: object, what: str = "tag") -> str:
@@ -54,6 +65,7 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
     """Serialise a payload to the JSON text stored in the `data` column."""
     _check_type(data, data_type)
     text = _to_json(data)
+    check_depth(text)
     measured = len(data) if isinstance(data, str) and data_type == "text" else len(text)
     if data_length is not None and measured > data_length:
         raise DataTooLongError(f"data is {measured} characters long; data_length is {data_length}")
@@ -67,7 +79,41 @@ def encode_batch(datas: list[object], data_type: DataType, data_length: int | No
     for data in datas:
         _check_type(data, data_type)
     # One call into the C encoder for the whole batch; the checks hold for every element.
-    return _to_json(datas)
+    text = _to_json(datas)
+    check_depth(text, MAX_DEPTH + 1)  # the batch's array is one level more
+    return text
+
+
+def decode_data(text: str) -> Any:
+    """A stored payload (its JSON text) as Python values; DataTooDeepError past MAX_DEPTH."""
+    check_depth(text)
+    return json.loads(text)
+
+
+def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
+    """Raise DataTooDeepError if the JSON `text` nests deeper than `limit` levels."""
+    # Fewer brackets than the limit cannot nest deeper (those inside strings only add
+    # to the count): the usual payload costs two scans in C and nothing more.
+    if text.count("[") + text.count("{") <= limit:
+        return
+    raw = text.encode("utf-8", "ignore")
+    if b'\\"' in raw:  # an escaped quote: find the strings the slow way
+        raw = _JSON_STRING.sub(b"", raw)
+    # Brackets and quotes are left; with no escaped quote, every quote starts or ends a
+    # string, so every other piece between quotes is outside the strings.
+    brackets = b"".join(raw.translate(_SQUARE, _NOT_STRUCTURE).split(b'"')[::2])
+    # Each pass removes the innermost level (a wide but shallow batch takes two passes);
+    # brackets left after `limit` passes nest deeper.
+    for _ in range(limit):
+        if not brackets:
+            return
+        brackets = brackets.replace(b"[]", b"")
+    if brackets:
+        raise _too_deep()
+
+
+def _too_deep() -> DataTooDeepError:
+    return DataTooDeepError(f"data nests arrays and objects more than {MAX_DEPTH} levels deep")
 
 
 def _check_type(data: object, data_type: DataType) -> None:
@@ -82,7 +128,7 @@ def _to_json(data: object) -> str:
     except (TypeError, ValueError) as exc:
         raise DataNotSerializableError(f"data is not JSON-serialisable: {exc}") from None
     except RecursionError:
-        raise DataNotSerializableError("data is nested too deeply to serialise") from None
+        raise _too_deep() from None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 import sa_pgtq
 from sa_pgtq import errors
 from sa_pgtq.errors import describe_error
+from sa_pgtq.validation import MAX_DEPTH
 
 # JSON-ish values including the awkward parts: NaN/inf, NUL, lone surrogates, huge ints.
 scalars = (
@@ -110,3 +111,25 @@ def test_any_error_text_can_be_stored_as_last_error(message: str) -> None:
     described.encode("utf-8")  # no lone surrogate
     assert "\x00" not in described, "PostgreSQL's text cannot hold NUL"
     assert described.startswith("ValueError")
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    shape=st.integers(1, MAX_DEPTH + 30).flatmap(
+        lambda depth: st.lists(st.booleans(), min_size=depth, max_size=depth)
+    ),
+    leaf=st.text(alphabet='[]{}"\\,:x', max_size=300),  # brackets that are only text
+)
+def test_nesting_up_to_the_limit_round_trips_and_deeper_is_rejected(
+    q: sa_pgtq.Queue, shape: list[bool], leaf: str
+) -> None:
+    data: object = leaf
+    for as_list in shape:
+        data = [data] if as_list else {leaf: data}
+    if len(shape) > MAX_DEPTH:
+        with pytest.raises(errors.DataTooDeepError):
+            q.enqueue("t", data)
+        assert jobs_in_table(q.engine) == 0
+        return
+    q.enqueue("t", data)
+    assert q.dequeue_immediate("t") == data

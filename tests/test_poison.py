@@ -1,8 +1,10 @@
-"""What consumers meet that nobody planned for: error texts PostgreSQL cannot store."""
+"""What consumers meet that nobody planned for: error texts PostgreSQL cannot store,
+payloads nested too deeply to decode (written by another producer with plain SQL)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -85,3 +87,70 @@ def test_listen_counts_an_unstorable_error_and_raises_the_users_exception(
         stream.throw(error)  # what the loop body raised, thrown into the iterator
     assert info.value is error
     assert_recorded(clean, job_id, error, shown)
+
+
+# What a producer that bypasses sa_pgtq can write: jsonb nested 5,000 deep.
+INSERT_TOO_DEEP = text(
+    "INSERT INTO sa_pgtq_jobs (queue, kind, tag, data) "
+    "VALUES (:queue, :kind, :tag, (repeat('[', 5000) || repeat(']', 5000))::jsonb) RETURNING id"
+)
+
+
+def insert_too_deep(engine: Engine, queue: str, kind: str, tag: str) -> int:
+    with engine.begin() as conn:
+        params = {"queue": queue, "kind": kind, "tag": tag}
+        return int(conn.execute(INSERT_TOO_DEEP, params).scalar_one())
+
+
+def assert_failed_as_too_deep(q: sa_pgtq.Queue, job_id: int) -> None:
+    (job,) = q.failed()
+    assert (job.id, job.state) == (job_id, "failed")
+    assert job.last_error is not None and "DataTooDeepError" in job.last_error
+    assert "200 levels" in job.last_error
+
+
+def by_dequeue(q: sa_pgtq.Queue) -> Iterator[Any]:
+    while True:
+        with q.dequeue("t") as data:
+            yield data
+
+
+def by_dequeue_immediate(q: sa_pgtq.Queue) -> Iterator[Any]:
+    while True:
+        yield q.dequeue_immediate("t")
+
+
+def by_listen(q: sa_pgtq.Queue) -> Iterator[Any]:
+    return q.listen("t", timeout=0.3)
+
+
+@pytest.mark.parametrize("consume", [by_dequeue, by_dequeue_immediate, by_listen])
+def test_a_message_too_deep_to_decode_fails_alone_and_the_tag_flows_on(
+    q: sa_pgtq.Queue, clean: Engine, consume: Callable[[sa_pgtq.Queue], Iterator[Any]]
+) -> None:
+    q.enqueue("t", "before")
+    poison = insert_too_deep(clean, q.name, "message", "t")
+    q.enqueue("t", "after")
+    stream = consume(q)
+    assert [next(stream) for _ in range(3)] == ["before", "after", None]
+    assert_failed_as_too_deep(q, poison)
+    assert q.count("t") == 0
+
+
+def test_a_task_too_deep_to_decode_fails_alone_and_the_rest_run(
+    q: sa_pgtq.Queue, clean: Engine
+) -> None:
+    ran: list[int] = []
+
+    @q.handler()
+    def record(n: int) -> None:
+        ran.append(n)
+
+    record.push(1)
+    poison = insert_too_deep(clean, q.name, "task", "record")
+    record.push(2)
+    sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)
+    assert ran == [1, 2]
+    assert_failed_as_too_deep(q, poison)
+    (job,) = q.failed()
+    assert job.attempts == 1, "failed at its first claim, not crash-looping"
