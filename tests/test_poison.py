@@ -1,16 +1,22 @@
 """What consumers meet that nobody planned for: error texts PostgreSQL cannot store,
-payloads nested too deeply to decode (written by another producer with plain SQL)."""
+payloads nested too deeply to decode (written by another producer with plain SQL),
+notifications that sa_pgtq did not send."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import wait_for
 from sqlalchemy import Engine, text
 
 import sa_pgtq
+from sa_pgtq.gateway import LISTENER_NAME
+from sa_pgtq.schema import CHANNEL
 
 # Exceptions whose text PostgreSQL's `text` cannot hold, and how last_error shows it.
 UNSTORABLE = [
@@ -154,3 +160,60 @@ def test_a_task_too_deep_to_decode_fails_alone_and_the_rest_run(
     assert_failed_as_too_deep(q, poison)
     (job,) = q.failed()
     assert job.attempts == 1, "failed at its first claim, not crash-looping"
+
+
+# Any role that can connect may NOTIFY sa_pgtq's channel with anything.
+HOSTILE_NOTIFY = text(
+    "SELECT pg_notify(:channel, repeat('[', 3999) || repeat(']', 3999)), "
+    "pg_notify(:channel, 'not json'), pg_notify(:channel, '{\"a\": 1}')"
+)
+
+
+def listening(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
+        return bool(conn.execute(text(query), {"name": LISTENER_NAME}).scalar_one())
+
+
+def notify_hostile_then(engine: Engine, then: Callable[[], object]) -> float:
+    """Once a listener is up, send hostile payloads, then `then()`; when that was."""
+    wait_for(lambda: listening(engine), 10)
+    with engine.connect() as conn:
+        conn.execute(HOSTILE_NOTIFY, {"channel": CHANNEL})
+        conn.commit()
+    then()
+    return time.monotonic()
+
+
+def test_hostile_notifications_do_not_stop_listen(clean: Engine) -> None:
+    q = sa_pgtq.Queue(clean, poll_interval=30)  # only a NOTIFY can wake it in time
+    stream = q.listen("t", timeout=20)
+    got: list[Any] = []
+    consumer = threading.Thread(target=lambda: got.append(next(stream)), daemon=True)
+    consumer.start()
+    sent = notify_hostile_then(clean, lambda: q.enqueue("t", "work"))
+    consumer.join(10)
+    assert got == ["work"], "listen kept waking up"
+    assert time.monotonic() - sent < 3
+
+
+def test_hostile_notifications_do_not_stop_a_worker(clean: Engine) -> None:
+    q = sa_pgtq.Queue(clean, poll_interval=30)
+    ran = threading.Event()
+
+    @q.handler()
+    def wake() -> None:
+        ran.set()
+
+    worker = sa_pgtq.Worker(q, install_signal_handlers=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        sent = notify_hostile_then(clean, wake.push)
+        assert ran.wait(10)
+        assert time.monotonic() - sent < 3, "the worker was woken by the job's NOTIFY"
+    finally:
+        worker.stop()
+        wake.push()  # its NOTIFY ends the worker's wait
+        thread.join(10)
+    assert not thread.is_alive()
