@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -18,9 +20,11 @@ from .errors import (
     DataTooDeepError,
     DataTooLongError,
     DataTypeError,
+    InvalidBatchError,
     InvalidInputError,
     InvalidTagError,
 )
+from .models import MAX_TABLE_NAME_BYTES
 
 DataType = Literal["json", "text"]
 
@@ -31,12 +35,19 @@ MAX_NAME_LENGTH = 255
 #: consumer (json, the drivers), so it is refused at enqueue and, when another producer
 #: wrote it with plain SQL, fails its own job instead of every consumer.
 MAX_DEPTH = 200
+#: The longest duration taken (a delay, lease, timeout or interval): a century. Longer
+#: is surely a mistake, and would overflow Python's timers or PostgreSQL's timestamps.
+MAX_SECONDS = 100 * 365.25 * 24 * 3600
 _INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
 
 # jsonb rejects the \u0000 escape; an escaped backslash before "u0000" is harmless.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-# One encoder for every payload: json.dumps with options builds a new one per call.
-_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+# One encoder for every payload: json.dumps with options builds a new one per call. It
+# sorts keys, which jsonb reorders anyway: sorting is what fails on an object with keys
+# of several types ({"1": a, 1: b}), which JSON might turn into one key.
+_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_JSON_UNSORTED = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 # A JSON string (UTF-8), escapes included. For measuring nesting, objects count as
 # arrays ({ as [) and only brackets and quotes matter.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -124,7 +135,7 @@ def _check_type(data: object, data_type: DataType) -> None:
 def _to_json(data: object) -> str:
     """JSON text that PostgreSQL's jsonb will store, or a clear error."""
     try:
-        text = _JSON.encode(data)
+        text = _encode(data)
     except (TypeError, ValueError) as exc:
         raise DataNotSerializableError(f"data is not JSON-serialisable: {exc}") from None
     except RecursionError:
@@ -136,6 +147,34 @@ def _to_json(data: object) -> str:
     if "\\u0000" in text and _JSON_NUL.search(text):
         raise DataNotStorableError("data contains a NUL character, which PostgreSQL cannot store")
     return text
+
+
+def _encode(data: object) -> str:
+    try:
+        return _JSON.encode(data)
+    except TypeError:
+        # Keys of several types in one object (or a type JSON cannot take, which fails
+        # again here): they must stay distinct once JSON has made them strings.
+        text = _JSON_UNSORTED.encode(data)
+        _check_distinct_keys(data)
+        return text
+
+
+def _check_distinct_keys(data: object) -> None:
+    """TypeError if an object has keys that JSON turns into one ({"1": a, 1: b})."""
+    pending = [data]  # JSON-serialisable, so free of cycles
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if not all(isinstance(key, str) for key in value):
+                names = [_JSON_UNSORTED.encode({key: 0}) for key in value]
+                if len(set(names)) < len(names):
+                    counts = Counter(names)
+                    merged = [k for k, name in zip(value, names, strict=True) if counts[name] > 1]
+                    raise TypeError(f"keys {merged!r} would be merged into one JSON key")
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
 
 
 def check_count(value: object, what: str) -> int:
@@ -165,14 +204,14 @@ def check_schedule(run_at: object, delay: object) -> tuple[datetime | None, time
                 "run_at must be timezone-aware (e.g. datetime.now(timezone.utc))"
             )
     if delay is not None:
-        if isinstance(delay, (int, float)) and not isinstance(delay, bool):
-            if not math.isfinite(delay):
-                raise InvalidInputError("delay must be finite")
-            delay = timedelta(seconds=delay)
-        if not isinstance(delay, timedelta):
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise InvalidInputError(
                 f"delay must be a timedelta or seconds, got {type(delay).__name__}"
             )
+        if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
+            raise InvalidInputError("delay must be finite and at most a century")
+        delay = delay if isinstance(delay, timedelta) else timedelta(seconds=seconds)
     return run_at, delay
 
 
@@ -197,15 +236,38 @@ def check_timeout(timeout: object, what: str = "timeout") -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise InvalidInputError(f"{what} must be a number of seconds or None")
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise InvalidInputError(f"{what} must be a positive, finite number of seconds")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_SECONDS:
+        raise InvalidInputError(f"{what} must be a positive number of seconds, at most a century")
     return float(timeout)
 
 
 def check_job_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInputError(f"a job id must be an int, got {type(value).__name__}")
+    if not -_INT64 - 1 <= value <= _INT64:
+        raise InvalidInputError("a job id must fit in a 64-bit integer")
     return value
+
+
+def check_batch(items: object, what: str) -> list[Any]:
+    """A batch as a list. A str, bytes or mapping is one value, never a batch of its parts."""
+    if isinstance(items, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
+        items, Iterable
+    ):
+        raise InvalidBatchError(
+            f"{what} must be a list (or another iterable) of items, not {type(items).__name__}"
+        )
+    return list(items)
+
+
+def check_table_name(value: object) -> str:
+    name = check_name(value, "table_name")
+    if len(name.encode("utf-8")) > MAX_TABLE_NAME_BYTES:
+        raise InvalidInputError(
+            f"table_name must be at most {MAX_TABLE_NAME_BYTES} bytes long, so that the names "
+            "of its indexes fit PostgreSQL's 63-byte identifiers"
+        )
+    return name
 
 
 def new_job_params(

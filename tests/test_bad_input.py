@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -17,13 +20,12 @@ def jobs_in_table(engine: Engine) -> int:
         return int(conn.execute(text("SELECT count(*) FROM sa_pgtq_jobs")).scalar_one())
 
 
-def rejected(
-    engine: Engine, error: type[Exception], builtin: type[Exception], attempt: Callable[[], object]
-) -> None:
-    """`attempt` raises `error`, which is also `builtin`, and writes nothing."""
+@contextmanager
+def rejected(engine: Engine, error: type[Exception], builtin: type[Exception]) -> Iterator[None]:
+    """The block raises `error`, which is also `builtin`, and writes nothing."""
     before = jobs_in_table(engine)
     with pytest.raises(error) as info:
-        attempt()
+        yield
     assert isinstance(info.value, builtin)
     assert jobs_in_table(engine) == before, "nothing written"
 
@@ -41,17 +43,163 @@ def test_nesting_is_bounded_at_enqueue(q: sa_pgtq.Queue, clean: Engine) -> None:
     def takes(x: object) -> None: ...
 
     too_deep = nested(985)  # deep enough to break every consumer's decoding
-    for attempt in [
-        lambda: q.enqueue("t", too_deep),
-        lambda: q.enqueue_many("t", [1, too_deep]),
-        lambda: sa_pgtq.Queue(clean, data_length=10**6).enqueue_many("t", [1, too_deep]),
-        lambda: q.enqueue("t", nested(MAX_DEPTH + 1)),
-        lambda: takes.push(too_deep),
-        lambda: takes.push_many([(1,), (too_deep,)]),
-        lambda: takes.push(nested(MAX_DEPTH - 1)),  # {"args": [...]} adds two levels
-    ]:
-        rejected(clean, errors.DataTooDeepError, ValueError, attempt)
+    too_deep_error = (clean, errors.DataTooDeepError, ValueError)
+    with rejected(*too_deep_error):
+        q.enqueue("t", too_deep)
+    with rejected(*too_deep_error):
+        q.enqueue_many("t", [1, too_deep])
+    with rejected(*too_deep_error):
+        sa_pgtq.Queue(clean, data_length=10**6).enqueue_many("t", [1, too_deep])
+    with rejected(*too_deep_error):
+        q.enqueue("t", nested(MAX_DEPTH + 1))
+    with rejected(*too_deep_error):
+        takes.push(too_deep)
+    with rejected(*too_deep_error):
+        takes.push_many([(1,), (too_deep,)])
+    with rejected(*too_deep_error):
+        takes.push(nested(MAX_DEPTH - 1))  # {"args": [...]} adds two levels
     q.enqueue("t", nested(MAX_DEPTH))
     q.enqueue_many("t", [nested(MAX_DEPTH)])
     takes.push(nested(MAX_DEPTH - 2))
     assert q.dequeue_immediate("t") == nested(MAX_DEPTH)
+
+
+@pytest.mark.parametrize("delay", [1e15, -1e15, timedelta.max, timedelta(days=365 * 101)])
+def test_delays_out_of_range_are_rejected(q: sa_pgtq.Queue, delay: timedelta | float) -> None:
+    @q.handler()
+    def later() -> None: ...
+
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        q.enqueue("t", 1, delay=delay)
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        q.enqueue_many("t", [1], delay=delay)
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        later.options(delay=delay).push()
+
+
+@pytest.mark.parametrize(
+    "configure",
+    [
+        lambda q: sa_pgtq.Worker(q, lease=1e300),
+        lambda q: sa_pgtq.Worker(q, lease=2**70),
+        lambda q: sa_pgtq.Worker(q, poll_interval=1e10),
+        lambda q: sa_pgtq.Queue(q.engine, poll_interval=1e300),
+        lambda q: q.handler(retry_delay=1e300),
+        lambda q: q.listen("t", timeout=1e300),
+    ],
+)
+def test_durations_out_of_range_are_rejected(q: sa_pgtq.Queue, configure: Any) -> None:
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        configure(q)
+
+
+def test_job_ids_out_of_range_are_rejected(q: sa_pgtq.Queue) -> None:
+    job_id = q.enqueue("t", 1)
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        q.requeue_failed([2**70])
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        q.requeue_failed([job_id, -(2**63) - 1])
+    with rejected(q.engine, errors.InvalidInputError, ValueError):
+        q.cancel(2**63)
+    assert q.count("t") == 1
+
+
+@pytest.mark.parametrize("batch", [None, 5, "hello", b"hello", {"a": 1}, object()])
+def test_a_batch_must_be_a_collection_of_items(q: sa_pgtq.Queue, batch: Any) -> None:
+    @q.handler()
+    def one(x: object = None) -> None: ...
+
+    q.enqueue("t", "already there")
+    with rejected(q.engine, errors.InvalidBatchError, TypeError):
+        q.enqueue_many("t", batch)
+    with rejected(q.engine, errors.InvalidBatchError, TypeError):
+        one.push_many(batch)
+    if batch is not None:  # None: every failed job
+        with rejected(q.engine, errors.InvalidBatchError, ValueError):
+            q.requeue_failed(batch)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"1": 1, 1: 2}, [{"a": {"true": 1, True: 2}}], {None: 1, "null": 2}, {1.5: 1, "1.5": 2}],
+)
+def test_keys_that_json_would_merge_are_rejected(q: sa_pgtq.Queue, data: object) -> None:
+    @q.handler()
+    def takes(x: object) -> None: ...
+
+    with rejected(q.engine, errors.DataNotSerializableError, TypeError):
+        q.enqueue("t", data)
+    with rejected(q.engine, errors.DataNotSerializableError, TypeError):
+        q.enqueue_many("t", [1, data])
+    with rejected(q.engine, errors.DataNotSerializableError, TypeError):
+        takes.push(data)
+
+
+def test_keys_of_several_types_that_stay_distinct_are_fine(q: sa_pgtq.Queue) -> None:
+    q.enqueue("t", {1: "a", "b": 2, 2.5: "c", None: "d", False: "e"})
+    assert q.dequeue_immediate("t") == {"1": "a", "b": 2, "2.5": "c", "null": "d", "false": "e"}
+
+
+@pytest.mark.parametrize(
+    ("table_name", "builtin"),
+    [("", ValueError), (5, ValueError), ("x" * 52, ValueError), ("é" * 26, ValueError)],
+)
+def test_table_names_postgresql_cannot_take_are_rejected(
+    clean: Engine, table_name: Any, builtin: type[Exception]
+) -> None:
+    with rejected(clean, errors.InvalidInputError, builtin):
+        sa_pgtq.Queue(clean, table_name=table_name)
+
+
+def test_the_longest_table_name_works(clean: Engine) -> None:
+    name = "t" * 51  # its derived names (ix_..._messages) fill PostgreSQL's 63 bytes
+    longest = sa_pgtq.Queue(clean, table_name=name)
+    assert longest.create_table()
+    try:
+        longest.enqueue("t", 1)
+        assert longest.dequeue_immediate("t") == 1
+    finally:
+        with clean.begin() as conn:
+            conn.execute(text(f"DROP TABLE {name}; DROP FUNCTION {name}_notify"))
+
+
+@pytest.mark.parametrize("positionally", [True, False])
+@pytest.mark.parametrize(
+    ("operation", "args"),
+    [
+        ("enqueue", ("t", 1)),
+        ("enqueue_many", ("t", [1])),
+        ("enqueue_many", ("t", [])),
+        ("dequeue", ("t",)),
+        ("dequeue_item", ("t",)),
+        ("dequeue_immediate", ("t",)),
+        ("dequeue_item_immediate", ("t",)),
+        ("listen", ("t", None)),
+        ("listen_item", ("t", None)),
+        ("list", ("t",)),
+        ("count", ("t",)),
+        ("cancel", (1,)),
+        ("failed", ("t",)),
+        ("requeue_failed", ([1],)),
+        ("requeue_failed", (None,)),
+        ("pop", ()),
+    ],
+)
+def test_anything_but_a_session_is_refused_by_every_operation(
+    q: sa_pgtq.Queue, operation: str, args: tuple[object, ...], positionally: bool
+) -> None:
+    q.enqueue("t", 1)
+    with rejected(q.engine, errors.InvalidSessionError, TypeError):
+        method = getattr(q, operation)
+        result = method(*args, "x") if positionally else method(*args, session="x")
+        if isinstance(result, AbstractContextManager):  # dequeue: refused on entering
+            result.__enter__()
+
+
+def test_anything_but_a_session_is_refused_when_pushing(q: sa_pgtq.Queue) -> None:
+    @q.handler()
+    def noop() -> None: ...
+
+    bad: Any = "x"
+    with rejected(q.engine, errors.InvalidSessionError, TypeError):
+        noop.options(session=bad)

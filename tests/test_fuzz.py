@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -133,3 +134,24 @@ def test_nesting_up_to_the_limit_round_trips_and_deeper_is_rejected(
         return
     q.enqueue("t", data)
     assert q.dequeue_immediate("t") == data
+
+
+json_keys = (
+    st.integers(-3, 3)
+    | st.integers(-3, 3).map(str)
+    | st.sampled_from([True, False, None, 1.5, "true", "false", "null", "1.5"])
+)
+
+
+@settings(FUZZ, max_examples=100)
+@given(keys=st.lists(json_keys, max_size=6))
+def test_object_keys_stay_distinct_or_are_rejected(q: sa_pgtq.Queue, keys: list[object]) -> None:
+    data = {key: n for n, key in enumerate(keys)}
+    as_json = [json.dumps({key: 0}) for key in data]  # how the standard library names each key
+    if len(set(as_json)) < len(as_json):
+        with pytest.raises(errors.DataNotSerializableError):
+            q.enqueue("t", data)
+        assert jobs_in_table(q.engine) == 0
+        return
+    q.enqueue("t", data)
+    assert q.dequeue_immediate("t") == json.loads(json.dumps(data))

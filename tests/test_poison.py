@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, cast
 
 import pytest
 from helpers import wait_for
@@ -86,7 +86,7 @@ def test_listen_counts_an_unstorable_error_and_raises_the_users_exception(
     q: sa_pgtq.Queue, clean: Engine, make_error: Any, shown: str
 ) -> None:
     job_id = q.enqueue("t", 1)
-    stream = q.listen("t", timeout=1)
+    stream = cast(Generator[Any, None, None], q.listen("t", timeout=1))
     assert next(stream) == 1
     error = make_error()
     with pytest.raises(type(error)) as info:
