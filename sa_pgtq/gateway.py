@@ -70,10 +70,13 @@ def insert_job(conn: Connection, table: Statements, params: dict[str, Any], data
 
 
 def insert_jobs(
-    conn: Connection, table: Statements, params: dict[str, Any], datas: str
+    conn: Connection, table: Statements, params: dict[str, Any], arrays: list[str]
 ) -> list[int]:
-    """One job per element of the JSON array `datas`, in one statement; ids in order."""
-    return sorted(conn.execute(table.insert_many, {**params, "datas": datas}).scalars())
+    """One job per element of the JSON `arrays`, one statement per array; ids in order."""
+    ids: list[int] = []
+    for datas in arrays:
+        ids += sorted(conn.execute(table.insert_many, {**params, "datas": datas}).scalars())
+    return ids
 
 
 # -- messages ----------------------------------------------------------------------

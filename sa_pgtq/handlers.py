@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from . import gateway, validation
+from . import validation
 from .backend import Backend
 from .binding import Caller, check_caller
 from .errors import DuplicateHandlerError, TaskArgumentsError
@@ -97,8 +97,8 @@ class Push(Generic[P]):
     def _insert(self, datas: list[object]) -> list[int]:
         if not datas:
             return []
-        batch = validation.encode_batch(datas, "json", None)
-        return self._handler.backend.run(self._session, gateway.insert_jobs, self._params, batch)
+        arrays = validation.encode_batch(datas, "json", None)
+        return self._handler.backend.insert_jobs(self._session, self._params, arrays)
 
 
 def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:

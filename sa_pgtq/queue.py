@@ -117,14 +117,17 @@ class Queue:
         delay: timedelta | float | None = None,
         priority: int = 0,
     ) -> list[int]:
-        """Add many messages in one statement; returns their ids in the order given."""
+        """Add many messages in one statement (a very large batch: several, in one transaction).
+
+        Returns their ids in the order given.
+        """
         params = validation.new_job_params(self.name, MESSAGE, tag, run_at, delay, priority)
         values = validation.check_batch(datas, "datas")
         if not values:
             check_caller(session)
             return []
-        encoded = validation.encode_batch(values, self.data_type, self.data_length)
-        return self.backend.run(session, gateway.insert_jobs, params, encoded)
+        arrays = validation.encode_batch(values, self.data_type, self.data_length)
+        return self.backend.insert_jobs(session, params, arrays)
 
     # -- dequeue -------------------------------------------------------------
 

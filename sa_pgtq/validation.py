@@ -38,6 +38,14 @@ MAX_DEPTH = 200
 #: The longest duration taken (a delay, lease, timeout or interval): a century. Longer
 #: is surely a mistake, and would overflow Python's timers or PostgreSQL's timestamps.
 MAX_SECONDS = 100 * 365.25 * 24 * 3600
+#: The longest payload, as JSON text in UTF-8: PostgreSQL stores at most 2**28 - 1 bytes
+#: in one jsonb value. A longer one is refused before anything is sent (building and
+#: sending it only for the server to refuse took seconds and gigabytes).
+MAX_DATA_BYTES = 255 * 2**20
+#: The JSON text of one INSERT of a batch, at most. A jsonb array holds 2**28 - 1 bytes
+#: and can take six times the room of its text (arrays of small numbers), so a larger
+#: batch is split into several statements (in one transaction).
+BATCH_CHARS = 32 * 2**20
 _INT32 = 2**31 - 1
 _INT64 = 2**63 - 1
 
@@ -76,6 +84,14 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
     """Serialise a payload to the JSON text stored in the `data` column."""
     _check_type(data, data_type)
     text = _to_json(data)
+    # A character is 1 to 4 bytes in UTF-8: the bytes are counted only when it matters.
+    if len(text) * 4 > MAX_DATA_BYTES and (
+        len(text) > MAX_DATA_BYTES or len(text.encode("utf-8")) > MAX_DATA_BYTES
+    ):
+        raise DataTooLongError(
+            f"data is more than {MAX_DATA_BYTES} bytes as JSON, "
+            "the most PostgreSQL stores in one jsonb value"
+        )
     check_depth(text)
     measured = len(data) if isinstance(data, str) and data_type == "text" else len(text)
     if data_length is not None and measured > data_length:
@@ -83,14 +99,33 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
     return text
 
 
-def encode_batch(datas: list[object], data_type: DataType, data_length: int | None) -> str:
-    """Serialise payloads to one JSON array, element i the `data` of job i."""
-    if data_length is not None:  # each payload is measured on its own
-        return f"[{','.join(encode_data(data, data_type, data_length) for data in datas)}]"
+def encode_batch(datas: list[object], data_type: DataType, data_length: int | None) -> list[str]:
+    """Serialise payloads to JSON arrays, one per INSERT; their elements, in order, the jobs."""
+    whole = None if data_length is not None else _whole_batch(datas, data_type)
+    if whole is not None:
+        return [whole]
+    # Each payload on its own, measured against data_length and the size limits, then
+    # grouped into arrays of at most BATCH_CHARS each (a larger payload goes alone).
+    texts = [encode_data(data, data_type, data_length) for data in datas]
+    arrays: list[str] = []
+    start, size = 0, 0
+    for end, text in enumerate(texts):
+        if size + len(text) > BATCH_CHARS and end > start:
+            arrays.append(f"[{','.join(texts[start:end])}]")
+            start, size = end, 0
+        size += len(text) + 1
+    arrays.append(f"[{','.join(texts[start:])}]")
+    return arrays
+
+
+def _whole_batch(datas: list[object], data_type: DataType) -> str | None:
+    """The batch as one JSON array, if it fits one INSERT (the usual case)."""
     for data in datas:
         _check_type(data, data_type)
     # One call into the C encoder for the whole batch; the checks hold for every element.
     text = _to_json(datas)
+    if len(text) > BATCH_CHARS:
+        return None
     check_depth(text, MAX_DEPTH + 1)  # the batch's array is one level more
     return text
 
@@ -141,7 +176,8 @@ def _to_json(data: object) -> str:
     except RecursionError:
         raise _too_deep() from None
     try:
-        text.encode("utf-8")
+        if not text.isascii():  # ASCII, the usual case, holds no lone surrogate
+            text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise DataNotStorableError(f"data is not valid Unicode text: {exc.reason}") from None
     if "\\u0000" in text and _JSON_NUL.search(text):

@@ -8,10 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 import sa_pgtq
-from sa_pgtq import errors
+from sa_pgtq import errors, validation
 from sa_pgtq.validation import MAX_DEPTH
 
 
@@ -203,3 +205,119 @@ def test_anything_but_a_session_is_refused_when_pushing(q: sa_pgtq.Queue) -> Non
     bad: Any = "x"
     with rejected(q.engine, errors.InvalidSessionError, TypeError):
         noop.options(session=bad)
+
+
+def test_a_batch_beyond_one_jsonb_array_is_split_not_refused(q: sa_pgtq.Queue) -> None:
+    # 257 x 1 MiB is more than PostgreSQL's 2**28 - 1 bytes of one jsonb array.
+    ids = q.enqueue_many("big", ["x" * 2**20] * 256 + ["last"])
+    assert len(ids) == 257 and ids == sorted(ids)
+    with q.engine.connect() as conn:
+        query = "SELECT id, length(data #>> '{}') FROM sa_pgtq_jobs ORDER BY id"
+        rows = conn.execute(text(query)).all()
+    assert [id for id, _ in rows] == ids
+    assert [length for _, length in rows] == [2**20] * 256 + [4]
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches split every 100 characters of JSON, so that splitting is cheap to watch."""
+    monkeypatch.setattr(validation, "BATCH_CHARS", 100)
+
+
+@pytest.fixture
+def inserts(q: sa_pgtq.Queue) -> Iterator[list[str]]:
+    """The INSERT statements sent to the database during the test."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT"):
+            sent.append(statement)
+
+    event.listen(q.engine, "before_cursor_execute", record)
+    yield sent
+    event.remove(q.engine, "before_cursor_execute", record)
+
+
+def test_split_batches_keep_their_order_and_ids(
+    q: sa_pgtq.Queue, small_batches: None, inserts: list[str]
+) -> None:
+    @q.handler()
+    def task(n: int, pad: str) -> None: ...
+
+    datas = [{"n": n, "pad": "y" * (n % 40)} for n in range(60)]
+    ids = q.enqueue_many("t", datas)
+    assert len(inserts) > 10, "several statements"
+    assert [job.id for job in q.list("t")] == ids and ids == sorted(ids)
+    assert [job.data for job in q.list("t")] == datas
+    task_ids = task.push_many(datas)
+    assert len(task_ids) == 60 and task_ids == sorted(task_ids) and task_ids[0] > ids[-1]
+    assert [t.kwargs for t in iter(q.pop, None)] == datas
+
+
+@pytest.fixture
+def refuse_poison(clean: Engine) -> Iterator[None]:
+    """The table refuses rows whose data is "poison", as a failing statement would."""
+    with clean.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'poison'; END $$;"
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON sa_pgtq_jobs FOR EACH ROW "
+                """WHEN (NEW.data = '"poison"') EXECUTE FUNCTION refuse_poison()"""
+            )
+        )
+    yield
+    with clean.begin() as conn:
+        conn.execute(
+            text("DROP TRIGGER refuse_poison ON sa_pgtq_jobs; DROP FUNCTION refuse_poison")
+        )
+
+
+def test_a_split_batch_is_all_or_nothing(
+    q: sa_pgtq.Queue, small_batches: None, refuse_poison: None, inserts: list[str]
+) -> None:
+    datas = [f"message {n}" for n in range(30)]
+    with pytest.raises(DBAPIError):
+        q.enqueue_many("t", [*datas, "poison"])
+    assert len(inserts) > 2, "the poison was in a later statement"
+    assert q.count("t") == 0, "the earlier statements were rolled back with it"
+    with Session(q.engine) as s:
+        q.enqueue_many("t", datas, s)
+        assert q.count("t", s) == 30
+        s.rollback()
+    assert q.count("t") == 0, "in the caller's transaction, which rolled back"
+    with Session(q.engine) as s, s.begin():
+        q.enqueue_many("t", datas, s)
+    assert [job.data for job in q.list("t")] == datas
+
+
+def test_a_payload_too_large_for_jsonb_is_refused_before_sending(
+    q: sa_pgtq.Queue, inserts: list[str]
+) -> None:
+    with rejected(q.engine, errors.DataTooLongError, ValueError):
+        q.enqueue("t", "x" * 2**28)  # more than the 2**28 - 1 bytes of one jsonb value
+    assert inserts == [], "nothing was sent"
+
+
+def test_every_way_in_refuses_a_payload_too_large(
+    q: sa_pgtq.Queue, small_batches: None, monkeypatch: pytest.MonkeyPatch, inserts: list[str]
+) -> None:
+    monkeypatch.setattr(validation, "MAX_DATA_BYTES", 1000)
+
+    @q.handler()
+    def takes(x: object) -> None: ...
+
+    big = "€" * 400  # 1,202 bytes of JSON text in 402 characters
+    too_long = (q.engine, errors.DataTooLongError, ValueError)
+    with rejected(*too_long):
+        q.enqueue("t", big)
+    with rejected(*too_long):
+        q.enqueue_many("t", [1, big])
+    with rejected(*too_long):
+        sa_pgtq.Queue(q.engine, data_length=10**6).enqueue_many("t", [1, big])
+    with rejected(*too_long):
+        takes.push(big)
+    with rejected(*too_long):
+        takes.push_many([(1,), (big,)])
+    assert inserts == [], "nothing was sent"
+    q.enqueue("t", "€" * 300)  # 902 bytes
