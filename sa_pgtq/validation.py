@@ -108,12 +108,12 @@ def encode_batch(datas: list[object], data_type: DataType, data_length: int | No
     # grouped into arrays of at most BATCH_CHARS each (a larger payload goes alone).
     texts = [encode_data(data, data_type, data_length) for data in datas]
     arrays: list[str] = []
-    start, size = 0, 0
+    start, size = 0, 1  # the array so far: "["
     for end, text in enumerate(texts):
-        if size + len(text) > BATCH_CHARS and end > start:
+        size += len(text) + 1  # the payload, and a comma or the closing bracket
+        if size > BATCH_CHARS and end > start:
             arrays.append(f"[{','.join(texts[start:end])}]")
-            start, size = end, 0
-        size += len(text) + 1
+            start, size = end, len(text) + 2
     arrays.append(f"[{','.join(texts[start:])}]")
     return arrays
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 import sa_pgtq
-from sa_pgtq import errors
+from sa_pgtq import errors, validation
 from sa_pgtq.errors import describe_error
 from sa_pgtq.validation import MAX_DEPTH
 
@@ -155,3 +156,17 @@ def test_object_keys_stay_distinct_or_are_rejected(q: sa_pgtq.Queue, keys: list[
         return
     q.enqueue("t", data)
     assert q.dequeue_immediate("t") == json.loads(json.dumps(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(datas=st.lists(payloads, min_size=1, max_size=12), limit=st.integers(1, 120))
+def test_a_split_batch_holds_every_payload_once_in_order(datas: list[object], limit: int) -> None:
+    with mock.patch.object(validation, "BATCH_CHARS", limit):
+        try:
+            arrays = validation.encode_batch(datas, "json", None)
+        except errors.InvalidDataError:
+            return
+    split = [json.loads(array) for array in arrays]
+    assert [data for array in split for data in array] == json.loads(json.dumps(datas))
+    for encoded, array in zip(arrays, split, strict=True):
+        assert len(encoded) <= limit or len(array) == 1, "within the limit, unless alone"
