@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
 
+from . import gateway
 from .binding import Binding, join
 from .statements import Statements
 
@@ -51,6 +52,11 @@ class Backend:
         """An operation of several statements: in the caller's transaction, else in our own."""
         with self.connection(caller, atomic=True) as conn:
             return operation(conn, self.statements, *args, **kwargs)
+
+    def insert_jobs(self, caller: object, params: dict[str, Any], arrays: list[str]) -> list[int]:
+        """Jobs from encoded JSON arrays: one statement, or one per array all in one transaction."""
+        run = self.run if len(arrays) == 1 else self.run_atomic
+        return run(caller, gateway.insert_jobs, params, arrays)
 
     @contextmanager
     def connection(self, caller: object, *, atomic: bool) -> Iterator[Connection]:

@@ -193,8 +193,18 @@ def join(caller: object, model: type) -> Joined:
         return Joined(caller.connection(bind_arguments={"mapper": model}), caller.begin_nested)
     if isinstance(caller, Connection):
         return Joined(caller, caller.begin_nested)
+    raise _not_a_session(caller)
+
+
+def check_caller(caller: object) -> None:
+    """Refuse, before anything runs, what `join` could not run an operation in."""
+    if caller is not None and not isinstance(caller, (Session, scoped_session, Connection)):
+        raise _not_a_session(caller)
+
+
+def _not_a_session(caller: object) -> InvalidSessionError:
     hint = " (the asyncio API takes those)" if "Async" in type(caller).__name__ else ""
-    raise InvalidSessionError(
+    return InvalidSessionError(
         "session must be a sqlalchemy Session, a scoped_session or a Connection, "
         f"not {type(caller).__name__}{hint}"
     )

@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 
-from . import gateway
+from . import gateway, validation
 from .backend import Backend
 from .binding import Savepoint, join
-from .errors import describe_error
+from .errors import DataTooDeepError, describe_error
 from .gateway import MessageRow
 from .listener import Listener, idle_wait
 from .models import MESSAGE
@@ -136,6 +136,10 @@ class Listening(Iterator[Any]):
     def close(self) -> None:
         """Put the message in hand back and stop listening."""
         self._items.close()
+
+    def throw(self, exc: BaseException) -> Any:
+        """Fail the message in hand with `exc` (as an exception in the loop body would)."""
+        return self._items.throw(exc)
 
     def __enter__(self) -> Listening:
         return self
@@ -355,7 +359,17 @@ def _remove_next(
         row = gateway.remove_next_message(
             conn, backend.statements, backend.queue_name, tag, rules.order
         )
-        if row is None or not rules.passes_over(row):
-            return row, passed_over
-        gateway.restore_message(conn, backend.statements, row, give_up=True)
+        if row is None:
+            return None, passed_over
+        try:
+            validation.check_depth(row["data"])
+        except DataTooDeepError as exc:
+            # No consumer can decode it (another producer wrote it with plain SQL): it
+            # fails alone, visibly, and the next message is handed out instead.
+            error = describe_error(exc)
+            gateway.restore_message(conn, backend.statements, row, error=error, give_up=True)
+        else:
+            if not rules.passes_over(row):
+                return row, passed_over
+            gateway.restore_message(conn, backend.statements, row, give_up=True)
         passed_over = True

@@ -42,6 +42,14 @@ class DataNotStorableError(InvalidDataError, ValueError):
     """The payload is valid JSON that PostgreSQL cannot store (NUL, lone surrogates)."""
 
 
+class DataTooDeepError(InvalidDataError, ValueError):
+    """The payload nests arrays and objects deeper than `validation.MAX_DEPTH` levels."""
+
+
+class InvalidBatchError(InvalidInputError, TypeError):
+    """A batch (`enqueue_many`, `push_many`, `requeue_failed`) is not a collection of items."""
+
+
 class InvalidSessionError(SaPgtqError, TypeError):
     """`session=` is neither a Session, a scoped_session registry nor a Connection."""
 
@@ -78,6 +86,15 @@ class TaskTimeoutError(SaPgtqError, TimeoutError):
 
 
 def describe_error(exc: BaseException, limit: int = 20_000) -> str:
-    """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row."""
+    """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row.
+
+    NUL and lone surrogates (what `os.fsdecode` makes of a file name that is not
+    UTF-8) are written as backslash escapes: PostgreSQL's text cannot hold them,
+    and a traceback that cannot be stored would replace the user's exception with
+    the driver's and leave the failure uncounted.
+    """
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if not text.isascii():  # ASCII (the usual case) holds neither
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\x00", "\\x00")
     return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2 :]

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, scoped_session
 
-from . import gateway
+from . import gateway, validation
 from .backend import Backend
 from .binding import join
 from .context import JobContext, activate, deactivate
 from .errors import (
+    DataTooDeepError,
     LeaseLostError,
     TaskArgumentsError,
     UnknownHandlerError,
@@ -86,7 +87,7 @@ class Executor:
         for row in claimed:
             try:
                 args, kwargs = decode_call(row.data)
-            except TaskArgumentsError as exc:
+            except (TaskArgumentsError, DataTooDeepError) as exc:
                 # A payload no handler can take never will: fail it for good, visibly.
                 broken = Task(row.id, row.name, (), {}, row.attempts, token, self, lease, caller)
                 self.record_failure(broken, exc, final=True)
@@ -253,8 +254,9 @@ def _call(handler: Handler[Any, Any] | None, task: Task, queue_name: str) -> Any
     return handler.func(*task.args, **task.kwargs)
 
 
-def decode_call(data: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The (args, kwargs) stored in a task's data; anything else is a malformed task."""
+def decode_call(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The (args, kwargs) stored in a task's data (JSON text); anything else is malformed."""
+    data = validation.decode_data(text)
     if not isinstance(data, dict) or not isinstance(data.get("args"), list):
         raise TaskArgumentsError(f"malformed task payload: {data!r}")
     kwargs = data.get("kwargs", {})

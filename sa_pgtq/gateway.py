@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, func, inspect, literal, select, text
 from sqlalchemy.engine import RowMapping
 
-from . import schema
+from . import schema, validation
+from .errors import DataTooDeepError
 from .models import FAILED, QUEUED, TASK, JobMixin
 from .statements import Order, Statements
 
@@ -70,10 +71,13 @@ def insert_job(conn: Connection, table: Statements, params: dict[str, Any], data
 
 
 def insert_jobs(
-    conn: Connection, table: Statements, params: dict[str, Any], datas: str
+    conn: Connection, table: Statements, params: dict[str, Any], arrays: list[str]
 ) -> list[int]:
-    """One job per element of the JSON array `datas`, in one statement; ids in order."""
-    return sorted(conn.execute(table.insert_many, {**params, "datas": datas}).scalars())
+    """One job per element of the JSON `arrays`, one statement per array; ids in order."""
+    ids: list[int] = []
+    for datas in arrays:
+        ids += sorted(conn.execute(table.insert_many, {**params, "datas": datas}).scalars())
+    return ids
 
 
 # -- messages ----------------------------------------------------------------------
@@ -195,7 +199,7 @@ def requeue_failed(
 class ClaimedTask:
     id: int
     name: str
-    data: Any
+    data: str  # JSON text, decoded (bounded) by the caller
     attempts: int  # tries started, this one included
 
 
@@ -295,7 +299,14 @@ def _notify(conn: Connection, table: Statements, queue_name: str, kind: str, tag
 
 def _jobs(table: Statements, rows: Iterable[RowMapping]) -> list[JobMixin]:
     model = table.model
-    return [model(**row) for row in rows]
+    return [model(**{**row, "data": _listed_data(row["data"])}) for row in rows]
+
+
+def _listed_data(text: str) -> Any:
+    try:
+        return validation.decode_data(text)
+    except DataTooDeepError:
+        return None  # listed all the same: its last_error says why once a consumer met it
 
 
 def _seconds(value: Any) -> float | None:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from . import gateway, validation
+from . import validation
 from .backend import Backend
-from .binding import Caller
+from .binding import Caller, check_caller
 from .errors import DuplicateHandlerError, TaskArgumentsError
 from .models import TASK
 
@@ -58,6 +58,7 @@ class Handler(Generic[P, R]):
         priority: int = 0,
     ) -> Push[P]:
         """How to push: in the caller's `session`, scheduled, prioritised."""
+        check_caller(session)
         params = validation.new_job_params(
             self.backend.queue_name, TASK, self.name, run_at, delay, priority
         )
@@ -92,13 +93,14 @@ class Push(Generic[P]):
         return self._insert([self._handler.call_data(args, kwargs)])[0]
 
     def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
-        return self._insert([self._handler.call_data(*_split(call)) for call in calls])
+        batch = validation.check_batch(calls, "calls")
+        return self._insert([self._handler.call_data(*_split(call)) for call in batch])
 
     def _insert(self, datas: list[object]) -> list[int]:
         if not datas:
             return []
-        batch = validation.encode_batch(datas, "json", None)
-        return self._handler.backend.run(self._session, gateway.insert_jobs, self._params, batch)
+        arrays = validation.encode_batch(datas, "json", None)
+        return self._handler.backend.insert_jobs(self._session, self._params, arrays)
 
 
 def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:

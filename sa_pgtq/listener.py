@@ -18,7 +18,6 @@ a pooler is recognised at connect time and the listener polls instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -29,7 +28,7 @@ from typing import Any, SupportsFloat
 
 from sqlalchemy import Connection, Engine
 
-from . import gateway
+from . import gateway, validation
 from .binding import DedicatedConnection
 from .schema import CHANNEL
 
@@ -164,10 +163,15 @@ class Listener:
         ]
 
     def _matches(self, payload: str) -> bool:
+        # Any role that can connect may NOTIFY this channel. A payload that is not the
+        # [table, queue, kind, tag] sa_pgtq sends means "maybe": a query, never an error.
         try:
-            table, queue, kind, tag = json.loads(payload)
-        except (ValueError, TypeError):
-            return False
+            fields = validation.decode_data(payload)  # bounded nesting: no RecursionError
+        except ValueError:
+            return True
+        if not (isinstance(fields, list) and len(fields) == 4):
+            return True
+        table, queue, kind, tag = fields
         return (table, queue, kind) == self._wanted and (self._tag is None or tag == self._tag)
 
 

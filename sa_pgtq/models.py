@@ -28,6 +28,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 DEFAULT_TABLE = "sa_pgtq_jobs"
+#: PostgreSQL cuts identifiers at 63 bytes, so the longest name derived from a table's
+#: (ix_<table>_messages) must fit, or names would be cut and could collide.
+MAX_TABLE_NAME_BYTES = 63 - len("ix__messages")
 
 # Job states. A job is deleted when it succeeds or is cancelled.
 QUEUED = "queued"  # waiting (possibly until run_at)

@@ -10,7 +10,6 @@ commits.
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from . import consuming, gateway, validation
 from .backend import Backend
-from .binding import Bind, Binding, Caller
+from .binding import Bind, Binding, Caller, check_caller
 from .consuming import Rules
 from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, Executor
@@ -65,7 +64,9 @@ class Queue:
         #: A message that has failed this many times is kept as `failed` (0: never).
         self.excepted_times_to_ignore = excepted_times_to_ignore
         self.poll_interval = validation.check_timeout(poll_interval, "poll_interval") or 0.0
-        self.model: type[JobMixin] = model or job_model(table_name or DEFAULT_TABLE)
+        self.model: type[JobMixin] = model or job_model(
+            DEFAULT_TABLE if table_name is None else validation.check_table_name(table_name)
+        )
         self.backend = Backend(Binding(bind, listen_bind), statements_for(self.model), name)
         #: The task handlers registered on this queue, by name.
         self.handlers = HandlerRegistry(self.backend)
@@ -116,13 +117,17 @@ class Queue:
         delay: timedelta | float | None = None,
         priority: int = 0,
     ) -> list[int]:
-        """Add many messages in one statement; returns their ids in the order given."""
+        """Add many messages in one statement (a very large batch: several, in one transaction).
+
+        Returns their ids in the order given.
+        """
         params = validation.new_job_params(self.name, MESSAGE, tag, run_at, delay, priority)
-        values = builtins.list(datas)
+        values = validation.check_batch(datas, "datas")
         if not values:
+            check_caller(session)
             return []
-        encoded = validation.encode_batch(values, self.data_type, self.data_length)
-        return self.backend.run(session, gateway.insert_jobs, params, encoded)
+        arrays = validation.encode_batch(values, self.data_type, self.data_length)
+        return self.backend.insert_jobs(session, params, arrays)
 
     # -- dequeue -------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class Queue:
             timeout, session = None, timeout  # q4pg style: the session passed positionally last
         seconds = validation.check_timeout(timeout)
         checked = validation.check_name(tag)  # now, not at the first next()
+        check_caller(session)
         return consuming.listen(
             self.backend, checked, seconds, session, self._rules, present, self.poll_interval
         )
@@ -218,7 +224,9 @@ class Queue:
         self, job_ids: Iterable[int] | None = None, session: Caller | None = None
     ) -> int:
         """Queue failed jobs again with fresh attempts (all of this queue's, or just `job_ids`)."""
-        ids = None if job_ids is None else [validation.check_job_id(i) for i in job_ids]
+        ids = None
+        if job_ids is not None:
+            ids = [validation.check_job_id(i) for i in validation.check_batch(job_ids, "job_ids")]
         return self.backend.run_atomic(session, gateway.requeue_failed, self.name, ids)
 
     # -- task layer ----------------------------------------------------------
@@ -268,4 +276,4 @@ def job_from_row(model: type[JobMixin], row: MessageRow) -> JobMixin:
 
 def message_data(row: MessageRow) -> Any:
     """A removed message's data, decoded from the JSON text it was returned as."""
-    return json.loads(row["data"])
+    return validation.decode_data(row["data"])

@@ -138,10 +138,16 @@ class Statements:
             .returning(c.id)
         )
 
+        # Rows come back with `data` as JSON text, decoded in Python with a bound on its
+        # nesting: a driver decoding a payload nested thousands deep (written with plain
+        # SQL) would raise RecursionError for the whole fetch, on every try.
+        kept = [col for col in table.c if col.name != "data"]
+        self.data_as_text = cast(c.data, Text).label("data")
+        self.every_column = [*kept, self.data_as_text]
+
         # A message is removed in the first statement that finds it: its row stays locked
         # until the commit, and a transactional dequeue that succeeds needs no second
         # statement. A failure puts the row back (restore_message).
-        kept = [col for col in table.c if col.name != "data"]
         #: queue_name, tag -> every column of the next due message, removed (data as JSON text)
         self.remove_next_message: dict[Order, ReturningDelete[Any]] = {
             order: delete(table)
@@ -154,7 +160,7 @@ class Statements:
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
-            .returning(*kept, cast(c.data, Text).label("data"))
+            .returning(*self.every_column)
             for order in ("priority", "id")
         }
         #: what remove_next_message returned (run_at None: now, behind the others) -> the row
@@ -197,8 +203,8 @@ class Statements:
         #: of `order`: sa_pgtq's dequeue order, or q4pg's table order (the messages that
         #: failed, which q4pg's UPDATE moved to the end, after the untouched ones)
         self.list_messages: dict[Order, Select[Any]] = {
-            "priority": select(table).where(listed).order_by(*self.dequeue_order),
-            "id": select(table).where(listed).order_by(c.attempts > 0, c.id),
+            "priority": select(*self.every_column).where(listed).order_by(*self.dequeue_order),
+            "id": select(*self.every_column).where(listed).order_by(c.attempts > 0, c.id),
         }
         #: queue_name, tag -> seconds until the earliest waiting message is due (None: none)
         self.seconds_until_next_message = _seconds_until_due(table, waiting_messages)
@@ -252,7 +258,7 @@ class Statements:
                 locked_by=token,
                 lease_expires_at=lease_end,
             )
-            .returning(c.id, c.tag, c.data, c.attempts, c.priority, c.run_at)
+            .returning(c.id, c.tag, self.data_as_text, c.attempts, c.priority, c.run_at)
         )
         #: ids, token -> ids of finished tasks removed (a task whose lease was lost is kept)
         self.ack_tasks: ReturningDelete[Any] = delete(table).where(mine).returning(c.id)
@@ -298,7 +304,7 @@ class Statements:
         self.seconds_until_next_task = _seconds_until_due(table, waiting_tasks)
         #: queue_name, tag (None: any) -> failed jobs (every column), oldest first
         self.list_failed: Select[Any] = (
-            select(table)
+            select(*self.every_column)
             .where(
                 c.queue == queue,
                 c.state == const(FAILED),

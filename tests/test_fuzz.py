@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +12,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 import sa_pgtq
-from sa_pgtq import errors
+from sa_pgtq import errors, validation
+from sa_pgtq.errors import describe_error
+from sa_pgtq.validation import MAX_DEPTH
 
 # JSON-ish values including the awkward parts: NaN/inf, NUL, lone surrogates, huge ints.
 scalars = (
@@ -100,3 +104,69 @@ def test_non_standard_json_numbers_are_rejected(q: sa_pgtq.Queue, bad: object) -
     with pytest.raises(errors.DataNotSerializableError):
         q.enqueue("t", bad)
     assert jobs_in_table(q.engine) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=st.text())
+def test_any_error_text_can_be_stored_as_last_error(message: str) -> None:
+    described = describe_error(ValueError(message))
+    described.encode("utf-8")  # no lone surrogate
+    assert "\x00" not in described, "PostgreSQL's text cannot hold NUL"
+    assert described.startswith("ValueError")
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    shape=st.integers(1, MAX_DEPTH + 30).flatmap(
+        lambda depth: st.lists(st.booleans(), min_size=depth, max_size=depth)
+    ),
+    leaf=st.text(alphabet='[]{}"\\,:x', max_size=300),  # brackets that are only text
+)
+def test_nesting_up_to_the_limit_round_trips_and_deeper_is_rejected(
+    q: sa_pgtq.Queue, shape: list[bool], leaf: str
+) -> None:
+    data: object = leaf
+    for as_list in shape:
+        data = [data] if as_list else {leaf: data}
+    if len(shape) > MAX_DEPTH:
+        with pytest.raises(errors.DataTooDeepError):
+            q.enqueue("t", data)
+        assert jobs_in_table(q.engine) == 0
+        return
+    q.enqueue("t", data)
+    assert q.dequeue_immediate("t") == data
+
+
+json_keys = (
+    st.integers(-3, 3)
+    | st.integers(-3, 3).map(str)
+    | st.sampled_from([True, False, None, 1.5, "true", "false", "null", "1.5"])
+)
+
+
+@settings(FUZZ, max_examples=100)
+@given(keys=st.lists(json_keys, max_size=6))
+def test_object_keys_stay_distinct_or_are_rejected(q: sa_pgtq.Queue, keys: list[object]) -> None:
+    data = {key: n for n, key in enumerate(keys)}
+    as_json = [json.dumps({key: 0}) for key in data]  # how the standard library names each key
+    if len(set(as_json)) < len(as_json):
+        with pytest.raises(errors.DataNotSerializableError):
+            q.enqueue("t", data)
+        assert jobs_in_table(q.engine) == 0
+        return
+    q.enqueue("t", data)
+    assert q.dequeue_immediate("t") == json.loads(json.dumps(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(datas=st.lists(payloads, min_size=1, max_size=12), limit=st.integers(1, 120))
+def test_a_split_batch_holds_every_payload_once_in_order(datas: list[object], limit: int) -> None:
+    with mock.patch.object(validation, "BATCH_CHARS", limit):
+        try:
+            arrays = validation.encode_batch(datas, "json", None)
+        except errors.InvalidDataError:
+            return
+    split = [json.loads(array) for array in arrays]
+    assert [data for array in split for data in array] == json.loads(json.dumps(datas))
+    for encoded, array in zip(arrays, split, strict=True):
+        assert len(encoded) <= limit or len(array) == 1, "within the limit, unless alone"
