@@ -1,4 +1,7 @@
-"""Chaos: workers SIGKILLed at random and PostgreSQL restarted mid-run lose no job."""
+"""Chaos: workers SIGKILLed, connections terminated, a starved pool, PostgreSQL restarted.
+
+Whatever happens mid-run, no job is lost and none runs twice.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +44,8 @@ def engine(server: EmbeddedServer) -> Iterator[Engine]:
     eng.dispose()
 
 
-@pytest.mark.slow
-def test_kills_and_a_database_restart_lose_no_job(
-    server: EmbeddedServer, engine: Engine, spawn: Spawn
-) -> None:
+def push_jobs(engine: Engine) -> str:
+    """JOBS slow jobs for the worker processes; the URL they run on."""
     producer = sa_pgtq.Queue(engine, name="procs")
 
     @producer.handler(name="slow")
@@ -52,7 +53,28 @@ def test_kills_and_a_database_restart_lose_no_job(
         raise AssertionError("runs in the worker processes only")
 
     slow.push_many([(n, JOB_SECONDS) for n in range(JOBS)])
-    url = engine.url.render_as_string(hide_password=False)
+    return engine.url.render_as_string(hide_password=False)
+
+
+def assert_each_ran_once(engine: Engine) -> None:
+    wait_for(lambda: count(engine, "SELECT count(*) FROM sa_pgtq_jobs") == 0, 120)
+    assert count(engine, "SELECT count(DISTINCT n) FROM proc_effects") == JOBS, "none lost"
+    assert count(engine, "SELECT count(*) FROM proc_effects") == JOBS, "no duplicate effect"
+    assert count(engine, "SELECT count(*) FROM proc_started") >= JOBS
+
+
+def stop_all(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        wait_ready(worker)  # a replacement may still be starting up
+        worker.send_signal(signal.SIGTERM)
+    assert [worker.wait(30) for worker in workers] == [0] * len(workers), "they ran on"
+
+
+@pytest.mark.slow
+def test_kills_and_a_database_restart_lose_no_job(
+    server: EmbeddedServer, engine: Engine, spawn: Spawn
+) -> None:
+    url = push_jobs(engine)
 
     def start() -> subprocess.Popen[bytes]:
         return spawn(url, "--lease", "2", "--batch-size", "20")
@@ -72,13 +94,39 @@ def test_kills_and_a_database_restart_lose_no_job(
             server.restart()
             restarted = True
     assert restarted and kills >= 5
+    assert_each_ran_once(engine)
+    stop_all(workers)
 
-    wait_for(lambda: count(engine, "SELECT count(*) FROM sa_pgtq_jobs") == 0, 120)
-    assert count(engine, "SELECT count(DISTINCT n) FROM proc_effects") == JOBS, "none lost"
-    assert count(engine, "SELECT count(*) FROM proc_effects") == JOBS, "no duplicate effect"
-    assert count(engine, "SELECT count(*) FROM proc_started") >= JOBS
 
+@pytest.mark.slow
+def test_terminated_connections_and_a_starved_pool_lose_no_job(
+    engine: Engine, spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection of the workers is cut, again and again, while their pools run dry."""
+    url = push_jobs(engine)
+    # Four tasks at a time, each wanting two connections, from a pool of one that gives up
+    # after 50 ms: claims, acks and handlers all meet the pool's TimeoutError.
+    monkeypatch.setenv("SA_PGTQ_WORKER_POOL", "1")
+    workers = [
+        spawn(url, "--lease", "2", "--batch-size", "20", "--concurrency", "4") for _ in range(3)
+    ]
     for worker in workers:
-        wait_ready(worker)  # a replacement may still be starting up
-        worker.send_signal(signal.SIGTERM)
-    assert [worker.wait(30) for worker in workers] == [0, 0, 0], "they reconnected and ran on"
+        wait_ready(worker)
+    rng = random.Random(20261125)
+    rounds = 0
+    began = time.monotonic()
+    with engine.connect() as admin:
+        while time.monotonic() - began < 8:
+            time.sleep(rng.uniform(0.2, 0.8))
+            admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            admin.commit()
+            rounds += 1
+    assert rounds >= 8
+    assert_each_ran_once(engine)
+    assert count(engine, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'failed'") == 0
+    stop_all(workers)

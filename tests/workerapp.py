@@ -9,7 +9,11 @@ from sqlalchemy import Column, Integer, MetaData, Table, create_engine
 
 import sa_pgtq
 
-engine = create_engine(os.environ["SA_PGTQ_WORKER_URL"])
+# SA_PGTQ_WORKER_POOL=n: a pool of n connections and no overflow, which the chaos test
+# starves on purpose.
+pool = int(os.environ.get("SA_PGTQ_WORKER_POOL", "0"))
+limits = {"pool_size": pool, "max_overflow": 0, "pool_timeout": 0.05} if pool else {}
+engine = create_engine(os.environ["SA_PGTQ_WORKER_URL"], **limits)
 q = sa_pgtq.Queue(engine, name="procs", poll_interval=0.5)
 
 metadata = MetaData()
@@ -23,7 +27,7 @@ def record(n: int) -> None:
     sa_pgtq.current_session().execute(effects.insert().values(n=n, pid=os.getpid()))
 
 
-@q.handler()
+@q.handler(max_attempts=50)  # the chaos tests fail it on purpose, again and again
 def slow(n: int, seconds: float) -> None:
     with engine.begin() as conn:  # visible at once, so a test knows the job is running
         conn.execute(started.insert().values(n=n, pid=os.getpid()))
