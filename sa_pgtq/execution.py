@@ -175,20 +175,30 @@ class Executor:
         """
         joined = join(task.caller, self.backend.statements.model)
         caller = task.caller() if isinstance(task.caller, scoped_session) else task.caller
-        session = caller if isinstance(caller, Session) else Session(bind=joined.connection)
+        # A Core caller's handler gets a Session on the caller's connection, inside its
+        # transaction; a Session caller's handler gets that Session.
+        owned = None if isinstance(caller, Session) else Session(bind=joined.connection)
+        session = owned or caller
+        assert isinstance(session, Session)
         context = JobContext(self.backend, task, session)
         block = joined.savepoint()  # the handler's writes, undone alone if it fails
         reset = activate(context)
         try:
             result = _call(self.handlers.get(task.name), task, self.backend.queue_name)
+            # The handler's writes fail here, as the handler's failure. Our own Session
+            # commits only its savepoint within the caller's transaction.
+            session.commit() if owned is not None else session.flush()
         except Exception as exc:
+            if owned is not None:
+                owned.close()
             block.rollback()
             self.record_failure(task, exc)
             return Outcome(succeeded=False, error=exc)
         finally:
             deactivate(reset)
+        if owned is not None:
+            owned.close()
         block.commit()
-        session.flush()
         gateway.acknowledge_tasks(joined.connection, self.backend.statements, task.token, [task.id])
         return Outcome(succeeded=True, result=result)
 

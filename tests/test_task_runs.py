@@ -95,12 +95,26 @@ def test_a_task_popped_in_the_callers_transaction_records_its_outcome_there(
     assert rows(clean, writes) == [(7,), (70,)]
     assert job_state(clean) == [], "removed when the caller committed"
 
+    work.push(9)
+    with clean.connect() as conn, conn.begin():  # a Core caller
+        task = tq.pop(session=conn)
+        assert task is not None and task.run() is True
+    work.push(-9)
+    with clean.connect() as conn, conn.begin():
+        task = tq.pop(session=conn)
+        assert task is not None and task.run() is False
+    assert rows(clean, writes) == [(7,), (9,), (70,)]
+    [(state, attempts, error)] = job_state(clean)
+    assert (state, attempts) == ("queued", 1) and "ValueError: negative" in str(error)
+    with clean.begin() as conn:
+        conn.execute(text("DELETE FROM sa_pgtq_jobs"))
+
     work.push(8)
     with pytest.raises(RuntimeError), Session(clean) as s, s.begin():
         task = tq.pop(session=s)
         assert task is not None and task.run() is True
         raise RuntimeError("the caller rolls back")
-    assert rows(clean, writes) == [(7,), (70,)]
+    assert rows(clean, writes) == [(7,), (9,), (70,)]
     assert job_state(clean) == [("queued", 0, None)], "claim and outcome rolled back alike"
 
 
