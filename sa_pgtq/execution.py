@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection
@@ -39,7 +40,7 @@ from .handlers import (
     HandlerRegistry,
 )
 from .leases import Heartbeat, Leases
-from .runner import Runner
+from .runner import Call, Runner
 from .tasks import Outcome, Task
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ class Executor:
         context = JobContext(self.backend, task)
         if limit is None:
             return self._attempt(handler, context)
-        runner = self._runner()
-        call = runner.submit(lambda: self._attempt(handler, context))
+        runner, call = self._submit(lambda: self._attempt(handler, context))
         if call.done.wait(limit) or not context.expire():
             return call.result()  # in time, or its outcome was being recorded already
         self._local.runner = None
@@ -202,11 +202,16 @@ class Executor:
         gateway.acknowledge_tasks(joined.connection, self.backend.statements, task.token, [task.id])
         return Outcome(succeeded=True, result=result)
 
-    def _runner(self) -> Runner:
-        runner: Runner | None = getattr(self._local, "runner", None)
-        if runner is None:
-            runner = self._local.runner = Runner(f"sa_pgtq-handler-{threading.get_ident()}")
-        return runner
+    def _submit(self, func: Callable[[], Outcome]) -> tuple[Runner, Call[Outcome]]:
+        """`func` handed to this thread's runner (a new one if it is gone or has none)."""
+        while True:
+            runner: Runner | None = getattr(self._local, "runner", None)
+            if runner is None:
+                runner = self._local.runner = Runner(f"sa_pgtq-handler-{threading.get_ident()}")
+            call = runner.submit(func)
+            if call is not None:
+                return runner, call
+            self._local.runner = None  # it ended, idle
 
     def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> None:
         """Queue the task again after a backoff, or keep it as `failed` once out of attempts."""

@@ -42,22 +42,45 @@ class Call(Generic[T]):
 
 
 class Runner:
-    """A daemon thread running submitted calls in order, until abandoned."""
+    """A daemon thread running submitted calls in order, until abandoned or idle.
 
-    def __init__(self, name: str) -> None:
+    Its thread ends after `idle` seconds without a call, so the runners of threads
+    that are gone do not pile up; `submit` then returns None and the owner makes
+    a new one.
+    """
+
+    def __init__(self, name: str, idle: float = 60.0) -> None:
         self._calls: queue.SimpleQueue[Call[object] | None] = queue.SimpleQueue()
-        thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        thread.start()
+        self._idle = idle
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
-    def submit(self, func: Callable[[], T]) -> Call[T]:
-        call = Call(func)
-        self._calls.put(call)  # type: ignore[arg-type]
-        return call
+    def submit(self, func: Callable[[], T]) -> Call[T] | None:
+        """Hand `func` to the thread; None when this runner no longer takes calls."""
+        with self._lock:
+            if self._closed:
+                return None
+            call = Call(func)
+            self._calls.put(call)  # type: ignore[arg-type]
+            return call
 
     def abandon(self) -> None:
         """No more calls: the thread ends after the one in hand, whenever that returns."""
-        self._calls.put(None)
+        with self._lock:
+            self._closed = True
+            self._calls.put(None)
 
     def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
+        while True:
+            try:
+                call = self._calls.get(timeout=self._idle)
+            except queue.Empty:
+                with self._lock:
+                    if self._calls.empty():
+                        self._closed = True
+                        return
+                continue
+            if call is None:
+                return
             call.run()

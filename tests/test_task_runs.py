@@ -7,13 +7,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import fresh_tables
+from helpers import fresh_tables, wait_for
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select, text
 from sqlalchemy.orm import Session
 
 import sa_pgtq
 from sa_pgtq import errors
 from sa_pgtq.models import FAILED
+from sa_pgtq.runner import Runner
 
 metadata = MetaData()
 writes = Table("run_writes", metadata, Column("n", Integer))
@@ -173,3 +174,15 @@ def test_a_workers_default_timeout_and_a_popped_tasks_timeout(
         tq.handler(name="bad", timeout=0)
     with pytest.raises(errors.InvalidInputError):
         sa_pgtq.Worker(tq, timeout=-1)
+
+
+def test_a_handler_runner_ends_when_idle_and_is_replaced() -> None:
+    """Threads of finished workers must not leave their handler threads behind."""
+    runner = Runner("idle-test", idle=0.1)
+    call = runner.submit(lambda: 5)
+    assert call is not None and call.result() == 5
+    wait_for(lambda: "idle-test" not in [t.name for t in threading.enumerate()], 3)
+    assert runner.submit(lambda: 1) is None, "its owner makes a new one"
+    abandoned = Runner("abandoned-test")
+    abandoned.abandon()
+    assert abandoned.submit(lambda: 1) is None
