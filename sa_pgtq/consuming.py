@@ -8,6 +8,7 @@ differently from `Queue`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
@@ -30,6 +31,7 @@ from .models import MESSAGE
 from .statements import Order
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 #: Seconds `listen` waits before trying again after a database error.
 RECONNECT_DELAY = 1.0
@@ -96,25 +98,6 @@ def take(backend: Backend, tag: str, caller: object, rules: Rules) -> MessageRow
         return _remove_next(conn, backend, tag, rules)[0]
 
 
-def listen(
-    backend: Backend,
-    tag: str,
-    timeout: float | None,
-    caller: object,
-    rules: Callable[[], Rules],
-    present: Callable[[MessageRow], Any],
-    poll_interval: float,
-) -> Listening:
-    """Yield messages as they arrive, each held while the loop body runs; None when quiet.
-
-    `rules` is asked before each message: q4pg lets the threshold change on the fly.
-    On its own connections it survives what a worker survives (a restart, a
-    dropped connection, a body that outlived `idle_in_transaction_session_timeout`):
-    the message in hand goes back, counted as failed, and listening goes on.
-    """
-    return Listening(_listen(backend, tag, timeout, caller, rules, present, poll_interval))
-
-
 class Listening(Iterator[Any]):
     """What `listen` returns: an iterator, and a context manager that releases it.
 
@@ -148,7 +131,16 @@ class Listening(Iterator[Any]):
         self.close()
 
 
-def _listen(
+def _closable(items: Callable[P, Generator[Any, None, None]]) -> Callable[P, Listening]:
+    @functools.wraps(items)
+    def start(*args: P.args, **kwargs: P.kwargs) -> Listening:
+        return Listening(items(*args, **kwargs))
+
+    return start
+
+
+@_closable
+def listen(
     backend: Backend,
     tag: str,
     timeout: float | None,
@@ -157,6 +149,13 @@ def _listen(
     present: Callable[[MessageRow], Any],
     poll_interval: float,
 ) -> Generator[Any, None, None]:
+    """Yield messages as they arrive, each held while the loop body runs; None when quiet.
+
+    `rules` is asked before each message: q4pg lets the threshold change on the fly.
+    On its own connections it survives what a worker survives (a restart, a
+    dropped connection, a body that outlived `idle_in_transaction_session_timeout`):
+    the message in hand goes back, counted as failed, and listening goes on.
+    """
     quiet_since = time.monotonic()  # before connecting: a timeout counts from the call
     listener = Listener(
         backend.binding.listen_engine,
