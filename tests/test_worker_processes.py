@@ -58,10 +58,14 @@ def test_sigterm_finishes_the_current_job_then_exits_zero(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("hung_in", ["python", "a query"])
 def test_a_second_sigterm_exits_at_once_leaving_the_task_to_its_lease(
-    workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str
+    workerapp: ModuleType, app: Engine, spawn: Spawn, db_url: str, hung_in: str
 ) -> None:
-    workerapp.slow.push(4, 60.0)  # hung, as far as anyone can tell
+    if hung_in == "python":
+        workerapp.slow.push(4, 60.0)  # hung, as far as anyone can tell
+    else:
+        workerapp.stuck.push(4)
     worker = spawn(db_url, "--lease", "2")
     wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
     worker.send_signal(signal.SIGTERM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from sqlalchemy import Column, Integer, MetaData, Table, create_engine
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, text
 
 import sa_pgtq
 
@@ -33,3 +33,11 @@ def slow(n: int, seconds: float) -> None:
         conn.execute(started.insert().values(n=n, pid=os.getpid()))
     time.sleep(seconds)
     sa_pgtq.current_session().execute(effects.insert().values(n=n, pid=os.getpid()))
+
+
+@q.handler()
+def stuck(n: int) -> None:
+    """Blocked in the driver's C code, where Python's signal handlers cannot run."""
+    with engine.begin() as conn:
+        conn.execute(started.insert().values(n=n, pid=os.getpid()))
+    sa_pgtq.current_session().execute(text("SELECT pg_sleep(60)"))

@@ -87,18 +87,21 @@ class Worker:
         )
         with self._signals(), _running(heartbeat, rescuer), _running(completer, final=True):
             log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
-            others = [
+            # Every producer runs in a thread of its own, so the main thread stays free
+            # to take signals even while a handler is stuck in C code (a query, a
+            # socket) that would hold off Python's signal handlers in the main thread.
+            producers = [
                 threading.Thread(target=producer.run, args=(burst,), name=f"sa_pgtq-worker-{n}")
-                for n in range(1, self.concurrency)
+                for n in range(self.concurrency)
             ]
-            for thread in others:
+            for thread in producers:
                 thread.start()
             try:
-                producer.run(burst)
+                for thread in producers:
+                    thread.join()
             finally:
-                if not burst:
-                    self._stopping.set()
-                for thread in others:
+                self._stopping.set()
+                for thread in producers:
                     thread.join()
 
     @contextmanager
