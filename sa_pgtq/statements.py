@@ -212,9 +212,9 @@ class Statements:
         waiting_tasks = and_(c.queue == queue, c.kind == const(TASK), c.state == const(QUEUED))
         # A claim's token is set with `running` and cleared by every way out of it, so the
         # token alone says "still held". Naming the state as well lets the planner AND in
-        # the leases index (its predicate is `state = 'running'`), reading every entry of
-        # it, dead ones included: thousands per ack once a long transaction holds back
-        # vacuum. By id and token, the primary key finds the rows.
+        # the partial index of running rows (a bitmap scan of all of it, dead entries
+        # included, which bitmap scans never clear: thousands per ack between two vacuums).
+        # By id and token, the primary key finds the rows.
         mine = and_(c.id == any_(ids), c.locked_by == token)
         released = {"locked_by": None, "lease_expires_at": None}
 
