@@ -70,6 +70,7 @@ class Bench:
     version: int = schema.LATEST  # an older one builds the table as older code did
     q: sa_pgtq.Queue = field(init=False)
     done: int = 0
+    stop_after: int | None = None
 
     def __post_init__(self) -> None:
         self.q = sa_pgtq.Queue(self.engine, name="bench", table_name=self.table)
@@ -77,9 +78,13 @@ class Bench:
             gateway.drop_table(conn, self.table)
             schema.upgrade(schema.operations(conn), to_version=self.version, table_name=self.table)
 
+        self.worker = sa_pgtq.Worker(self.q, concurrency=1, install_signal_handlers=False)
+
         @self.q.handler(name="noop")
         def noop(i: int) -> None:
             self.done += 1
+            if self.stop_after is not None and self.done >= self.stop_after:
+                self.worker.stop()
 
         self.noop = noop
 
@@ -101,15 +106,15 @@ class Bench:
             self.q.enqueue_many(TAG, range(start, min(start + BATCH, n)))
         return n / (time.perf_counter() - started)
 
-    def drain_tasks(self, n: int) -> float:
-        """One worker (`concurrency=1`) runs every due task, burst mode; tasks per second."""
-        self.done = 0
-        worker = sa_pgtq.Worker(self.q, concurrency=1, install_signal_handlers=False)
+    def drain_tasks(self, n: int, *, stop_after: int | None = None) -> float:
+        """One worker (`concurrency=1`) runs every due task (or `stop_after` of them), burst
+        mode; tasks per second."""
+        self.done, self.stop_after = 0, stop_after
         started = time.perf_counter()
-        worker.run(burst=True)
+        self.worker.run(burst=True)
         elapsed = time.perf_counter() - started
-        assert self.done == n, f"ran {self.done} of {n} tasks"
-        return n / elapsed
+        assert self.done == (stop_after or n), f"ran {self.done} of {stop_after or n} tasks"
+        return self.done / elapsed
 
     def drain_messages(self, n: int) -> float:
         """`dequeue_immediate` until the tag is empty; messages per second."""
@@ -120,6 +125,17 @@ class Bench:
         elapsed = time.perf_counter() - started
         assert got == n, f"got {got} of {n} messages"
         return n / elapsed
+
+    def explain(self, statement: Any, params: dict[str, Any]) -> list[str]:
+        """EXPLAIN (ANALYZE, BUFFERS) of one of sa_pgtq's statements, rolled back."""
+        with self.engine.connect() as conn:
+            compiled = statement.compile(dialect=conn.dialect)
+            rows = conn.exec_driver_sql(
+                "EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), {**compiled.params, **params}
+            )
+            plan = [row[0] for row in rows]
+            conn.rollback()
+        return plan
 
     def sizes(self) -> dict[str, Any]:
         # Backends report their row counts to the statistics when they exit (otherwise up
