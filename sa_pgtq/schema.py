@@ -113,12 +113,13 @@ def _v1_down(op: Operations, table: str) -> None:
 
 
 #: Storage parameters of a queue table as of version 2 (frozen, like the step: a later
-#: version that changes them says so in a step of its own). Every job is inserted, updated once
-#: or twice and deleted within seconds, so dead rows pile up far faster than in the
-#: tables stock autovacuum is tuned for (a vacuum once a fifth of the table is dead).
-#: Vacuum once 1% (and at least 1000 rows) is dead, at ten times stock speed; analyze as
-#: often, since plans follow how many rows are waiting, running or failed; keep a tenth of
-#: each page free, so that a heartbeat's update stays on its page (HOT: no new index entries).
+#: version that changes them does so in a step of its own). Every job is inserted,
+#: updated once or twice and deleted within seconds, so dead rows pile up far faster
+#: than in the tables stock autovacuum is tuned for (a vacuum once a fifth of the table
+#: is dead). Vacuum once 1% (and at least 1000 rows) is dead, at ten times stock speed;
+#: analyze as often, since plans follow how many rows are waiting, running or failed;
+#: keep a tenth of each page free, so that a heartbeat's update stays on its page (HOT:
+#: no new index entries).
 V2_STORAGE = {
     "fillfactor": "90",
     "autovacuum_vacuum_scale_factor": "0.01",
