@@ -54,11 +54,16 @@ def create_table(conn: Connection, table_name: str) -> bool:
 
 
 def drop_table(conn: Connection, table_name: str) -> bool:
-    """Drop the queue table and what belongs to it; False if there was none."""
+    """Drop the queue table and what belongs to it; False if there was none.
+
+    The steps undone are those of the version the table records: older code made it.
+    """
     conn.execute(_LOCK_SCHEMA)
-    if not inspect(conn).has_table(table_name):
+    inspector = inspect(conn)
+    if not inspector.has_table(table_name):
         return False
-    schema.downgrade(schema.operations(conn), table_name=table_name)
+    installed = schema.installed_version(inspector.get_table_comment(table_name)["text"])
+    schema.downgrade(schema.operations(conn), from_version=installed, table_name=table_name)
     return True
 
 

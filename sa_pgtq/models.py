@@ -41,7 +41,24 @@ FAILED = "failed"  # out of attempts; kept with its last error until requeued or
 MESSAGE = "message"
 TASK = "task"
 
+#: The schema version the model describes (`schema.LATEST`). From version 2 on, a
+#: queue table records its version in its comment, so that dropping or upgrading a
+#: table made by older code knows where it stands.
+SCHEMA_VERSION = 2
+_SCHEMA_RECORD = "sa_pgtq schema version "
+
 _queue_tables: set[str] = set()
+
+
+def schema_comment(version: int) -> str:
+    """The comment that records a queue table's schema version."""
+    return f"{_SCHEMA_RECORD}{version}"
+
+
+def recorded_version(comment: str | None) -> int | None:
+    """The version `schema_comment` recorded in `comment`, if it is such a record."""
+    number = (comment or "").removeprefix(_SCHEMA_RECORD)
+    return int(number) if number != comment and number.isdigit() else None
 
 
 def queue_table_names() -> frozenset[str]:
@@ -74,11 +91,8 @@ def _table_args(table: str) -> tuple[Any, ...]:
             "id",
             postgresql_where=text(f"state = '{QUEUED}' AND kind = '{TASK}'"),
         ),
-        Index(
-            f"ix_{table}_leases",
-            "lease_expires_at",
-            postgresql_where=text(f"state = '{RUNNING}'"),
-        ),
+        Index(f"ix_{table}_running", "queue", postgresql_where=text(f"state = '{RUNNING}'")),
+        {"comment": schema_comment(SCHEMA_VERSION)},
     )
 
 

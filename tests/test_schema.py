@@ -16,6 +16,7 @@ from sqlalchemy import Connection, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
+from sa_pgtq import gateway
 from sa_pgtq.models import JobMixin, job_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,9 @@ UNION ALL SELECT 'constraint', conname || ' ' || pg_get_constraintdef(oid)
 UNION ALL SELECT 'trigger', pg_get_triggerdef(oid) FROM pg_trigger
  WHERE tgrelid = to_regclass(:t) AND NOT tgisinternal
 UNION ALL SELECT 'function', pg_get_functiondef(oid) FROM pg_proc WHERE proname = :t || '_notify'
+UNION ALL SELECT 'storage', unnest(reloptions) FROM pg_class WHERE oid = to_regclass(:t)
+UNION ALL SELECT 'comment', obj_description(to_regclass(:t), 'pg_class')
+ WHERE obj_description(to_regclass(:t), 'pg_class') IS NOT NULL
 ORDER BY 1, 2
 """
 
@@ -81,7 +85,7 @@ def test_create_table_matches_the_migration_chain(new_database: Callable[[], str
         migrated = snapshot(m)
         assert migrated == snapshot(c)
     kinds = {kind for kind, _ in migrated}
-    assert kinds == {"column", "index", "constraint", "trigger", "function"}
+    assert kinds == {"column", "index", "constraint", "trigger", "function", "storage", "comment"}
 
 
 def test_migrations_go_down_and_up_again(new_database: Callable[[], str]) -> None:
@@ -96,6 +100,62 @@ def test_migrations_go_down_and_up_again(new_database: Callable[[], str]) -> Non
     q = sa_pgtq.Queue(engine)
     q.enqueue("t", 1)
     assert q.dequeue_immediate("t") == 1
+    engine.dispose()
+
+
+def storage(conn: Connection) -> dict[str, str]:
+    """The queue table's storage parameters, as the catalog has them."""
+    return dict(item.split("=", 1) for kind, item in snapshot(conn) if kind == "storage")
+
+
+def indexes(conn: Connection) -> set[str]:
+    return {item.split()[2] for kind, item in snapshot(conn) if kind == "index"}
+
+
+def test_version_2_tunes_storage_and_goes_back_to_version_1(
+    new_database: Callable[[], str],
+) -> None:
+    url, version_1_url = new_database(), new_database()
+    alembic(version_1_url, "upgrade", "sa_pgtq_0001")
+    alembic(url, "upgrade", "sa_pgtq_0001")
+    engine, version_1 = create_engine(url), create_engine(version_1_url)
+    sa_pgtq.Queue(engine).enqueue("t", "kept through every step")
+    with version_1.connect() as conn:
+        assert storage(conn) == {}, "version 1 leaves stock settings"
+        assert "ix_sa_pgtq_jobs_leases" in indexes(conn)
+        v1 = snapshot(conn)
+
+    alembic(url, "upgrade", "head")
+    with engine.connect() as conn:
+        assert storage(conn) == sa_pgtq.schema.V2_STORAGE
+        assert "ix_sa_pgtq_jobs_running" in indexes(conn)
+        assert "ix_sa_pgtq_jobs_leases" not in indexes(conn)
+        assert ("comment", "sa_pgtq schema version 2") in snapshot(conn)
+
+    alembic(url, "downgrade", "sa_pgtq_0001")
+    with engine.connect() as conn:
+        assert snapshot(conn) == v1, "the settings are reset and the leases index is back"
+
+    alembic(url, "upgrade", "head")
+    with engine.connect() as conn:
+        assert storage(conn) == sa_pgtq.schema.V2_STORAGE
+    assert sa_pgtq.Queue(engine).dequeue_immediate("t") == "kept through every step"
+    engine.dispose()
+    version_1.dispose()
+
+
+def test_a_table_older_code_made_is_left_alone_and_dropped_whole(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    alembic(url, "upgrade", "sa_pgtq_0001")  # as create_table() made it before version 2
+    engine = create_engine(url)
+    assert sa_pgtq.Queue(engine).create_table() is False, "never upgraded behind Alembic's back"
+    with engine.begin() as conn:
+        assert storage(conn) == {}
+        assert gateway.drop_table(conn, "sa_pgtq_jobs") is True
+    with engine.connect() as conn:
+        assert snapshot(conn) == []
     engine.dispose()
 
 
@@ -237,7 +297,7 @@ def test_a_host_app_runs_the_branch_from_the_installed_package(
 
     host_alembic("upgrade", "sa_pgtq@head")
     host_alembic("upgrade", "heads")
-    assert {"host_0001 (head)", "sa_pgtq_0001 (head)"} <= set(
+    assert {"host_0001 (head)", "sa_pgtq_0002 (head)"} <= set(
         line.split(" (effective")[0] for line in host_alembic("current").split("\n") if line
     )
     sa_pgtq.Queue(url).enqueue("t", "queued in the host's database")
