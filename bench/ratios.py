@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
+from noops import Noops
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -48,17 +49,7 @@ class Bench:
         self.q.create_table()
         with self.raw, self.raw.cursor() as cur:
             cur.execute(FLOOR_DDL)
-        self.done = 0
-        self.stop_after: int | None = None
-        self.worker = sa_pgtq.Worker(self.q, install_signal_handlers=False)
-
-        @self.q.handler(name="noop")
-        def noop(i: int) -> None:
-            self.done += 1
-            if self.stop_after is not None and self.done >= self.stop_after:
-                self.worker.stop()
-
-        self.noop = noop
+        self.noops = Noops(self.q)
 
     def reset(self) -> None:
         with self.raw, self.raw.cursor() as cur:
@@ -108,14 +99,12 @@ class Bench:
             with Session(self.engine) as s, s.begin():
                 self.q.enqueue_many("b", [{"i": i} for i in range(start, min(start + batch, n))], s)
 
-    def push_noops(self, n: int, batch: int = 1000) -> None:
-        for start in range(0, n, batch):
-            self.noop.push_many([(i,) for i in range(start, min(start + batch, n))])
+    def push_noops(self, n: int) -> None:
+        self.noops.push(n)
 
     def ours_drain(self, n: int) -> None:
-        self.done, self.stop_after = 0, n
-        self.worker.run(burst=True)
-        assert self.done >= n, self.done
+        done = self.noops.drain(stop_after=n)
+        assert done >= n, done
 
     def ours_drain_tx(self) -> int:
         got = 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from noops import Noops
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -69,8 +70,7 @@ class Bench:
     table: str
     version: int = schema.LATEST  # an older one builds the table as older code did
     q: sa_pgtq.Queue = field(init=False)
-    done: int = 0
-    stop_after: int | None = None
+    noops: Noops = field(init=False)
 
     def __post_init__(self) -> None:
         self.q = sa_pgtq.Queue(self.engine, name="bench", table_name=self.table)
@@ -78,15 +78,7 @@ class Bench:
             gateway.drop_table(conn, self.table)
             schema.upgrade(schema.operations(conn), to_version=self.version, table_name=self.table)
 
-        self.worker = sa_pgtq.Worker(self.q, concurrency=1, install_signal_handlers=False)
-
-        @self.q.handler(name="noop")
-        def noop(i: int) -> None:
-            self.done += 1
-            if self.stop_after is not None and self.done >= self.stop_after:
-                self.worker.stop()
-
-        self.noop = noop
+        self.noops = Noops(self.q, BATCH)
 
     def reset(self) -> None:
         table = self.engine.dialect.identifier_preparer.format_table(self.q.model.__table__)  # type: ignore[attr-defined]
@@ -96,8 +88,7 @@ class Bench:
     def push(self, n: int) -> float:
         """Push `n` no-op tasks in batches; tasks per second."""
         started = time.perf_counter()
-        for start in range(0, n, BATCH):
-            self.noop.push_many([(i,) for i in range(start, min(start + BATCH, n))])
+        self.noops.push(n)
         return n / (time.perf_counter() - started)
 
     def enqueue(self, n: int) -> float:
@@ -109,12 +100,11 @@ class Bench:
     def drain_tasks(self, n: int, *, stop_after: int | None = None) -> float:
         """One worker (`concurrency=1`) runs every due task (or `stop_after` of them), burst
         mode; tasks per second."""
-        self.done, self.stop_after = 0, stop_after
         started = time.perf_counter()
-        self.worker.run(burst=True)
+        done = self.noops.drain(stop_after)
         elapsed = time.perf_counter() - started
-        assert self.done == (stop_after or n), f"ran {self.done} of {stop_after or n} tasks"
-        return self.done / elapsed
+        assert done == (stop_after or n), f"ran {done} of {stop_after or n} tasks"
+        return done / elapsed
 
     def drain_messages(self, n: int) -> float:
         """`dequeue_immediate` until the tag is empty; messages per second."""
