@@ -258,9 +258,7 @@ def _held(
             # restart): the message is back. Count it, or it comes back at the head
             # again and again, its side effects repeated each time.
             lost = f"the removal did not commit; the connection was lost: {exc}"
-            Failure(
-                row, lost, rules.failure_to_tail, rules.gives_up(row["attempts"] + 1)
-            ).count_anew(backend)
+            Failure.of(row, lost, rules).count_anew(backend)
             raise
 
 
