@@ -81,7 +81,7 @@ def insert_jobs(
     """One job per element of the JSON `arrays`, one statement per array; ids in order."""
     ids: list[int] = []
     for datas in arrays:
-        ids += sorted(conn.execute(table.insert_many, {**params, "datas": datas}).scalars())
+        ids += conn.execute(table.insert_many, {**params, "datas": datas}).scalar_one()
     return ids
 
 
