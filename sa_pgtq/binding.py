@@ -109,18 +109,10 @@ class Binding:
         """A connection of our own in autocommit, for exactly one statement.
 
         One statement is atomic on its own; autocommit spares the BEGIN and COMMIT
-        round trips. The DBAPI flag is set directly and restored before the
-        connection goes back to the pool: SQLAlchemy's AUTOCOMMIT execution option
-        would send a SET at every check-in instead.
+        round trips.
         """
-        with self.engine.connect() as conn:
-            dbapi: Any = conn.connection.dbapi_connection  # psycopg2 or psycopg 3
-            dbapi.autocommit = True
-            try:
-                yield conn
-            finally:
-                if not dbapi.closed:
-                    dbapi.autocommit = False
+        with self.engine.connect() as conn, _driver_autocommit(conn):
+            yield conn
 
 
 class DedicatedConnection:
@@ -133,9 +125,8 @@ class DedicatedConnection:
     parent's session; the driver skips it on collection).
     """
 
-    def __init__(self, engine: Engine, *, autocommit: bool = False) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._autocommit = autocommit
         self._conn: Connection | None = None
         self._pid = 0
 
@@ -144,8 +135,6 @@ class DedicatedConnection:
             return self._conn
         self._conn = None
         conn = self.engine.connect()
-        if self._autocommit:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.detach()  # closed, not returned, when we are done
         self._conn, self._pid = conn, os.getpid()
         return conn
@@ -161,11 +150,40 @@ class DedicatedConnection:
             self.close()
             raise
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """The connection in autocommit: each statement takes effect at once, none stays open."""
+        conn = self.open()
+        try:
+            with _driver_autocommit(conn):
+                yield conn
+                conn.commit()  # ends the transaction SQLAlchemy began; autocommit sends nothing
+        except BaseException:
+            self.close()
+            raise
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             with suppress(Exception):  # already broken: nothing left to release
                 conn.close()
+
+
+@contextmanager
+def _driver_autocommit(conn: Connection) -> Iterator[Connection]:
+    """`conn` with the driver in autocommit, restored afterwards.
+
+    The DBAPI flag is set directly: SQLAlchemy's AUTOCOMMIT isolation level would
+    send a SET at every check-in, and lets an engine skip the rollbacks that a
+    connection switched back to transactions needs.
+    """
+    dbapi: Any = conn.connection.dbapi_connection  # psycopg2 or psycopg 3
+    dbapi.autocommit = True
+    try:
+        yield conn
+    finally:
+        if not dbapi.closed:
+            dbapi.autocommit = False
 
 
 class Savepoint(Protocol):

@@ -73,21 +73,31 @@ class Rules:
 
 
 @contextmanager
-def hold(backend: Backend, tag: str, caller: object, rules: Rules) -> Iterator[MessageRow | None]:
+def hold(
+    backend: Backend, tag: str, caller: object, rules: Rules, own: Connection | None = None
+) -> Iterator[MessageRow | None]:
     """Remove the next due message and yield it while its transaction stays open.
 
     Leaving normally commits the removal (the caller's transaction: when the
     caller commits). A failure puts the message back, counted (for `Queue`,
     behind the others), in the same transaction; the caller's own writes inside
-    the block are undone by a savepoint.
+    the block are undone by a savepoint. Without a caller, the transaction is on
+    `own` (a connection outside the pool, not in a transaction) or on a pooled one.
     """
     if caller is not None:
         joined = join(caller, backend.statements.model)
         with _held(joined.connection, backend, tag, rules, joined.savepoint) as row:
             yield row
         return
+    if own is not None:
+        with _held(own, backend, tag, rules, None) as row:
+            yield row
+        return
     # No ORM state is involved, so a plain Connection does (and costs less per call).
-    with backend.binding.engine.connect() as own, _held(own, backend, tag, rules, None) as row:
+    with (
+        backend.binding.engine.connect() as pooled,
+        _held(pooled, backend, tag, rules, None) as row,
+    ):
         yield row
 
 
@@ -165,12 +175,16 @@ def listen(
         tag,
         poll_interval,
     )
+    # Messages are taken on the listening connection itself when it reaches the queue's
+    # database directly: a wake-up goes straight to the DELETE, with no pool check-out.
+    own_engine = caller is None and listener.engine is backend.binding.engine
     with listener:
         while True:
             in_body = False
+            own = listener.connection() if own_engine else None
             try:
                 current = rules()
-                with hold(backend, tag, caller, current) as row:
+                with hold(backend, tag, caller, current, own) as row:
                     if row is not None:
                         in_body = True
                         yield present(row)
@@ -185,6 +199,8 @@ def listen(
                 if in_body or caller is not None:
                     raise  # the loop body's own error, or the caller's transaction is gone
                 log.warning("listen: database error (%s); retrying", exc)
+                if own is not None:
+                    listener.close()  # its transaction failed: reconnect rather than repair
                 listener.wait(RECONNECT_DELAY)
                 continue
             wait = idle_wait(None if due is None else due + current.due_slack, poll_interval)

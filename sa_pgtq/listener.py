@@ -1,8 +1,9 @@
 """Waiting for new jobs with LISTEN/NOTIFY, with polling as the fallback.
 
-A `Listener` owns one dedicated autocommit connection, detached from the
-engine's pool so that its LISTEN never leaks into a pooled connection. It
-answers one question: "may there be new work for me?". Any doubt (a
+A `Listener` owns one dedicated connection, detached from the engine's pool so
+that its LISTEN never leaks into a pooled connection. It answers one question:
+"may there be new work for me?". Between waits its owner may run transactions on
+it (`connection`): the server delivers notifications once they end. Any doubt (a
 notification, a dropped connection, a reconnect) answers yes, because the
 caller always re-checks the table; a lost notification only costs latency,
 never a job.
@@ -66,7 +67,7 @@ class Listener:
         self._tag = tag
         self._poll_interval = poll_interval
         self._ping_timeout = max(poll_interval, MIN_PING_TIMEOUT)
-        self._dedicated = DedicatedConnection(engine, autocommit=True)
+        self._dedicated = DedicatedConnection(engine)
         self._conn: Connection | None = None  # listening (the dedicated one), or None
         self._driver: Any = None  # its DBAPI connection (psycopg2 or psycopg 3), for notifies
         self._pid = 0  # the process that opened it
@@ -82,6 +83,19 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def connection(self) -> Connection | None:
+        """The listening connection, for a transaction between waits; None when not listening.
+
+        Work done on it takes no pool slot and no check-out. Its owner ends each
+        transaction before waiting again (notifications arrive only between
+        transactions) and calls `close` after a database error on it.
+        """
+        return self._conn if self._pid == os.getpid() else None
 
     def close(self) -> None:
         self._conn = self._driver = None
@@ -120,24 +134,24 @@ class Listener:
             return True
 
     def _connect(self) -> None:
-        conn = self._dedicated.open()
-        driver: Any = conn.connection.dbapi_connection  # psycopg2's or psycopg's own
-        # A pooler hands the client a made-up backend pid (its own cancel key).
-        if gateway.backend_pid(conn) != driver.info.backend_pid:
-            self._dedicated.close()
-            self._pooled = True
-            url = self._engine.url.render_as_string()
-            (log.debug if url in _warned_pooled else log.warning)(
-                "%s goes through a connection pooler (PgBouncer?), where LISTEN loses "
-                "notifications; polling every %.1fs instead. Give Queue a direct "
-                "connection for LISTEN with listen_bind=",
-                url,
-                self._poll_interval,
-            )
-            _warned_pooled.add(url)
-            return
-        gateway.start_listening(conn)
-        self._conn, self._driver, self._pid = conn, driver, os.getpid()
+        with self._dedicated.autocommit() as conn:
+            driver: Any = conn.connection.dbapi_connection  # psycopg2's or psycopg's own
+            # A pooler hands the client a made-up backend pid (its own cancel key).
+            self._pooled = gateway.backend_pid(conn) != driver.info.backend_pid
+            if not self._pooled:
+                gateway.start_listening(conn)
+                self._conn, self._driver, self._pid = conn, driver, os.getpid()
+                return
+        self._dedicated.close()
+        url = self._engine.url.render_as_string()
+        (log.debug if url in _warned_pooled else log.warning)(
+            "%s goes through a connection pooler (PgBouncer?), where LISTEN loses "
+            "notifications; polling every %.1fs instead. Give Queue a direct "
+            "connection for LISTEN with listen_bind=",
+            url,
+            self._poll_interval,
+        )
+        _warned_pooled.add(url)
 
     def _ping(self) -> None:
         """A round trip; a silently dead connection is cut after `ping_timeout` seconds."""
@@ -146,7 +160,8 @@ class Listener:
         watchdog.daemon = True
         watchdog.start()
         try:
-            gateway.ping(self._conn)
+            with self._dedicated.autocommit() as conn:
+                gateway.ping(conn)
         finally:
             watchdog.cancel()
 
