@@ -44,7 +44,7 @@ TASK = "task"
 #: The schema version the model describes (`schema.LATEST`). From version 2 on, a
 #: queue table records its version in its comment, so that dropping or upgrading a
 #: table made by older code knows where it stands.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA_RECORD = "sa_pgtq schema version "
 
 _queue_tables: set[str] = set()

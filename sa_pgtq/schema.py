@@ -36,7 +36,7 @@ CHANNEL = "sa_pgtq"
 
 
 def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:
-    """The payload the INSERT trigger sends, for wake-ups sent from Python."""
+    """What a wake-up notification says, for those sent from Python."""
     return json.dumps([table, queue, kind, tag])
 
 
@@ -84,8 +84,12 @@ def _v1_up(op: Operations, table: str) -> None:
         ["lease_expires_at"],
         postgresql_where=sa.text(f"state = '{RUNNING}'"),
     )
-    # A statement-level trigger sends one NOTIFY per distinct (queue, kind, tag) an
-    # INSERT adds, so a 1000-row enqueue_many costs one notification, not 1000.
+    _create_notify_trigger(op, table)
+
+
+def _create_notify_trigger(op: Operations, table: str) -> None:
+    # Versions 1 and 2: a statement-level trigger sends one NOTIFY per distinct (queue,
+    # kind, tag) an INSERT adds, so a 1000-row enqueue_many costs one notification.
     # DDL cannot bind identifiers: the names are the dialect's quoted table-derived ones.
     function = _quote(op, f"{table}_notify")
     op.execute(
@@ -107,9 +111,13 @@ def _v1_up(op: Operations, table: str) -> None:
     )
 
 
+def _drop_notify_function(op: Operations, table: str) -> None:
+    op.execute(f"DROP FUNCTION IF EXISTS {_quote(op, f'{table}_notify')}()")
+
+
 def _v1_down(op: Operations, table: str) -> None:
     op.drop_table(table)  # drops its indexes and trigger with it
-    op.execute(f"DROP FUNCTION IF EXISTS {_quote(op, f'{table}_notify')}()")
+    _drop_notify_function(op, table)
 
 
 #: Storage parameters of a queue table as of version 2 (frozen, like the step: a later
@@ -159,8 +167,23 @@ def _v2_down(op: Operations, table: str) -> None:
     op.execute(f"ALTER TABLE {_quote(op, table)} RESET ({', '.join(V2_STORAGE)})")
 
 
+def _v3_up(op: Operations, table: str) -> None:
+    # sa_pgtq's INSERTs now notify in the statement itself (`statements.notify_if_due`):
+    # the trigger cost every enqueue a transition table and a query, about 0.05 ms of a
+    # 0.7 ms Session enqueue. A producer that writes with plain SQL is found by the
+    # listeners' polling, or wakes them with the same pg_notify.
+    op.execute(f"DROP TRIGGER {_quote(op, f'{table}_notify')} ON {_quote(op, table)}")
+    _drop_notify_function(op, table)
+    op.create_table_comment(table, schema_comment(3))
+
+
+def _v3_down(op: Operations, table: str) -> None:
+    _create_notify_trigger(op, table)
+    op.create_table_comment(table, schema_comment(2))
+
+
 Step = Callable[[Operations, str], None]
-_STEPS: list[tuple[Step, Step]] = [(_v1_up, _v1_down), (_v2_up, _v2_down)]
+_STEPS: list[tuple[Step, Step]] = [(_v1_up, _v1_down), (_v2_up, _v2_down), (_v3_up, _v3_down)]
 
 #: The schema version the current code expects.
 LATEST = len(_STEPS)

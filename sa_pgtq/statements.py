@@ -14,7 +14,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ColumnElement,
-    Insert,
     Interval,
     Select,
     Text,
@@ -75,6 +74,25 @@ def _seconds_until_due(table: Any, waiting: ColumnElement[bool]) -> Select[Any]:
     )
 
 
+def _wake_listeners(table: Any, queue: Any, kind: Any, tag: Any) -> ColumnElement[Any]:
+    # The payload the listeners match on: [table, queue, kind, tag] as JSON text.
+    payload = func.json_build_array(literal(str(table.name)), queue, kind, tag)
+    return func.pg_notify(CHANNEL, cast(payload, Text))
+
+
+def notify_if_due(table: Any) -> ColumnElement[Any]:
+    """For an INSERT's RETURNING: wake listeners if the row is waiting and due.
+
+    PostgreSQL sends the notification at commit, and only once per transaction
+    for equal payloads. A job scheduled for later wakes no one: listeners sleep
+    until the earliest due job anyway. Due by the clock, not by the transaction's
+    start: a failed message goes back with `run_at` = the moment it failed.
+    """
+    c = table.c
+    due = and_(c.state == const(QUEUED), c.run_at <= func.clock_timestamp())
+    return case((due, _wake_listeners(table, c.queue, c.kind, c.tag)))
+
+
 #: The order messages are handed out in: sa_pgtq's (priority, then run_at, then
 #: insertion), or q4pg's (id: a retried message goes before newer ones).
 Order = Literal["priority", "id"]
@@ -109,7 +127,7 @@ class Statements:
                 priority=bindparam("priority"),
                 run_at=_run_at(),
             )
-            .returning(c.id)
+            .returning(c.id, notify_if_due(table))
         )
 
         # One INSERT .. SELECT over the elements of one JSON array: one round trip, one
@@ -135,13 +153,16 @@ class Statements:
                     _run_at(),
                 ).order_by(rows.c.n),
             )
-            .returning(c.id)
+            .returning(c.id, c.run_at)
             .cte("inserted")
         )
+        # One schedule for the whole batch: one notification, if it is due.
+        due = func.bool_or(inserted.c.run_at <= func.clock_timestamp())
         #: queue_name, kind, tag, datas (a JSON array, one element per job), priority, run_at,
         #: delay -> an array of the ids, in order
         self.insert_many: Select[Any] = select(
-            func.array_agg(aggregate_order_by(inserted.c.id, inserted.c.id))
+            func.array_agg(aggregate_order_by(inserted.c.id, inserted.c.id)),
+            case((due, _wake_listeners(table, queue, kind, tag))),
         )
 
         # Rows come back with `data` as JSON text, decoded in Python with a bound on its
@@ -169,15 +190,20 @@ class Statements:
             .returning(*self.every_column)
             for order in ("priority", "id")
         }
-        #: what remove_next_message returned (run_at None: now, behind the others) -> the row
-        self.restore_message: Insert = insert(table).values(
-            {
-                **{col.name: bindparam(col.name, type_=col.type) for col in kept},
-                "data": cast(bindparam("data", type_=Text), JSONB),
-                "run_at": func.coalesce(
-                    bindparam("run_at", type_=c.run_at.type), func.clock_timestamp()
-                ),
-            }
+        #: what remove_next_message returned (run_at None: now, behind the others) -> the row,
+        #: waking the other listeners (at commit) if it is waiting again
+        self.restore_message: ReturningInsert[Any] = (
+            insert(table)
+            .values(
+                {
+                    **{col.name: bindparam(col.name, type_=col.type) for col in kept},
+                    "data": cast(bindparam("data", type_=Text), JSONB),
+                    "run_at": func.coalesce(
+                        bindparam("run_at", type_=c.run_at.type), func.clock_timestamp()
+                    ),
+                }
+            )
+            .returning(notify_if_due(table))
         )
         #: job_id, seen_attempts (as handed out), error, to_tail, state -> the failure of a
         #: message whose restore was lost with its transaction (a rollback, a dropped
@@ -232,7 +258,7 @@ class Statements:
         )
         self._task_statements()
 
-        #: payload -> wake listeners (the trigger does this for INSERTs)
+        #: payload -> wake listeners (INSERTs do this in their RETURNING)
         self.notify: Select[Any] = select(func.pg_notify(CHANNEL, bindparam("payload", type_=Text)))
 
     def _task_statements(self) -> None:

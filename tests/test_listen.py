@@ -7,9 +7,12 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 from helpers import next_within
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from tcpproxy import TcpProxy
 
 import sa_pgtq
@@ -170,3 +173,69 @@ def test_listen_waits_quietly_while_another_consumer_holds_the_message(
     # A message that became due a moment ago (50 ms) may still be asked for at once.
     assert len(statements) < 200, f"{len(statements)} statements in one quiet second"
     assert q.count("t") == 0
+
+
+def woken_after(stream: Any, send: Callable[[], object], expected: Any) -> float:
+    """Seconds from `send()` (made while `stream` waits) until `stream` yields `expected`."""
+    sender = threading.Timer(0.3, send)
+    sender.start()
+    started = time.monotonic()
+    assert next_within(stream, 10) == expected
+    elapsed = time.monotonic() - started - 0.3
+    sender.join()
+    return elapsed
+
+
+def test_every_way_a_message_arrives_wakes_a_listener(q: sa_pgtq.Queue, clean: Engine) -> None:
+    slow = sa_pgtq.Queue(clean, poll_interval=30)  # only a NOTIFY wakes it in time
+    stream = slow.listen("t")
+    assert woken_after(stream, lambda: q.enqueue("t", "one"), "one") < 2
+    assert woken_after(stream, lambda: q.enqueue_many("t", ["many", "x"]), "many") < 2
+    assert next_within(stream, 5) == "x"
+
+    # Another consumer holds a message while the listener waits, then fails it: the
+    # message is put back, and that wakes the listener.
+    taken, fail = threading.Event(), threading.Event()
+
+    def fail_one() -> None:
+        with pytest.raises(RuntimeError), q.dequeue("t") as data:
+            assert data == "failed elsewhere"
+            taken.set()
+            fail.wait(10)
+            raise RuntimeError("put back")
+
+    q.enqueue("t", "failed elsewhere")
+    consumer = threading.Thread(target=fail_one)
+    consumer.start()
+    assert taken.wait(10)
+    assert woken_after(stream, fail.set, "failed elsewhere") < 2, "woken by the restore"
+    consumer.join()
+    stream.close()
+
+
+PLAIN_INSERT = text(
+    "INSERT INTO sa_pgtq_jobs (queue, kind, tag, data) VALUES ('default', 'message', 't', :data)"
+)
+# What the README tells producers that write with plain SQL to add, to wake listeners at once.
+PLAIN_NOTIFY = text(
+    "SELECT pg_notify('sa_pgtq', json_build_array('sa_pgtq_jobs', 'default', 'message', 't')::text)"
+)
+
+
+def test_a_plain_sql_insert_is_found_by_polling_or_woken_by_its_notify(clean: Engine) -> None:
+    def insert(data: int, *, notify: bool) -> Callable[[], None]:
+        def run() -> None:
+            with clean.begin() as conn:
+                conn.execute(PLAIN_INSERT, {"data": str(data)})
+                if notify:
+                    conn.execute(PLAIN_NOTIFY)
+
+        return run
+
+    polling = sa_pgtq.Queue(clean, poll_interval=0.5).listen("t", timeout=2)
+    assert woken_after(polling, insert(1, notify=False), 1) < 3, "found by the next poll"
+    assert next(polling) is None, "taken for good"
+    polling.close()
+    slow = sa_pgtq.Queue(clean, poll_interval=30).listen("t")
+    assert woken_after(slow, insert(2, notify=True), 2) < 2, "woken by its NOTIFY"
+    slow.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,7 +87,7 @@ def test_create_table_matches_the_migration_chain(new_database: Callable[[], str
         migrated = snapshot(m)
         assert migrated == snapshot(c)
     kinds = {kind for kind, _ in migrated}
-    assert kinds == {"column", "index", "constraint", "trigger", "function", "storage", "comment"}
+    assert kinds == {"column", "index", "constraint", "storage", "comment"}, "no trigger since v3"
 
 
 def test_migrations_go_down_and_up_again(new_database: Callable[[], str]) -> None:
@@ -125,7 +127,7 @@ def test_version_2_tunes_storage_and_goes_back_to_version_1(
         assert "ix_sa_pgtq_jobs_leases" in indexes(conn)
         v1 = snapshot(conn)
 
-    alembic(url, "upgrade", "head")
+    alembic(url, "upgrade", "sa_pgtq_0002")
     with engine.connect() as conn:
         assert storage(conn) == sa_pgtq.schema.V2_STORAGE
         assert "ix_sa_pgtq_jobs_running" in indexes(conn)
@@ -136,12 +138,46 @@ def test_version_2_tunes_storage_and_goes_back_to_version_1(
     with engine.connect() as conn:
         assert snapshot(conn) == v1, "the settings are reset and the leases index is back"
 
-    alembic(url, "upgrade", "head")
+    alembic(url, "upgrade", "sa_pgtq_0002")
     with engine.connect() as conn:
         assert storage(conn) == sa_pgtq.schema.V2_STORAGE
     assert sa_pgtq.Queue(engine).dequeue_immediate("t") == "kept through every step"
     engine.dispose()
     version_1.dispose()
+
+
+def triggers(conn: Connection) -> list[str]:
+    return [item for kind, item in snapshot(conn) if kind in ("trigger", "function")]
+
+
+def test_version_3_drops_the_notify_trigger_and_goes_back_to_version_2(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    alembic(url, "upgrade", "sa_pgtq_0002")
+    engine = create_engine(url)
+    q = sa_pgtq.Queue(engine, poll_interval=30)  # only a NOTIFY wakes a listener in time
+    q.enqueue("t", "queued under version 2")
+    with engine.connect() as conn:
+        v2 = snapshot(conn)
+        assert len(triggers(conn)) == 2, "version 2 notifies from a trigger and its function"
+
+    alembic(url, "upgrade", "head")
+    with engine.connect() as conn:
+        assert triggers(conn) == []
+        assert ("comment", "sa_pgtq schema version 3") in snapshot(conn)
+    stream = q.listen("t", timeout=10)
+    assert next(stream) == "queued under version 2"
+    threading.Timer(0.2, q.enqueue, ("t", "woken by the INSERT's own NOTIFY")).start()
+    started = time.monotonic()
+    assert next(stream) == "woken by the INSERT's own NOTIFY"
+    assert time.monotonic() - started < 5, "woken by NOTIFY, not by the 30 s poll"
+    stream.close()
+
+    alembic(url, "downgrade", "sa_pgtq_0002")
+    with engine.connect() as conn:
+        assert snapshot(conn) == v2, "the trigger and its function are back"
+    engine.dispose()
 
 
 def test_a_table_older_code_made_is_left_alone_and_dropped_whole(
@@ -297,7 +333,7 @@ def test_a_host_app_runs_the_branch_from_the_installed_package(
 
     host_alembic("upgrade", "sa_pgtq@head")
     host_alembic("upgrade", "heads")
-    assert {"host_0001 (head)", "sa_pgtq_0002 (head)"} <= set(
+    assert {"host_0001 (head)", "sa_pgtq_0003 (head)"} <= set(
         line.split(" (effective")[0] for line in host_alembic("current").split("\n") if line
     )
     sa_pgtq.Queue(url).enqueue("t", "queued in the host's database")
