@@ -1,17 +1,19 @@
 """Where each sync operation's time goes: sa_pgtq, SQLAlchemy, other Python, driver, server.
 
-    python bench/profile.py [--url URL] [--driver psycopg2|psycopg] [-n 2000] [--rounds 3]
+    python bench/profile.py [--url URL] [--driver psycopg2|psycopg] [-n 2000]
+                            [--rounds 3] [--chunks 5] [--top 8] [--json]
                             [--ops enqueue,enqueue_session,enqueue_many,dequeue,worker]
-                            [--top 8] [--json]
 
 Without --url (nor DATABASE_URL / SA_PGTQ_TEST_URL) it starts a throwaway embedded
 PostgreSQL with pg_stat_statements and WAL I/O timing switched on (a restart).
 
-Method, per operation (after a warm-up, on an emptied table, `--rounds` times):
+Method, per operation (after a warm-up, on an emptied table, `--rounds` times; 1 and 2
+alternate in `--chunks` chunks so that the machine's ups and downs hit both alike; the
+worker, whose start-up is part of its cost, runs one burst of `n` tasks per side):
 
-1. Unprofiled: run it `n` times and time the whole: "wall", the truth to reconcile with.
-   The server's own counters are read around this run (see 4).
-2. Profiled: run it `n` times again under cProfile's profiler (`_lsprof`, what
+1. Unprofiled: run it `n` times and time it: "wall", the truth to reconcile with.
+   The server's own counters are read around these runs (see 4).
+2. Profiled: run it `n` times more under cProfile's profiler (`_lsprof`, what
    `cProfile` wraps: this file's name shadows the stdlib's `profile`, which `cProfile`
    imports), on this thread and on every thread started meanwhile (the worker's).
 3. Each function's own time (tottime) goes to where its code lives: sa_pgtq's package,
@@ -33,12 +35,16 @@ Method, per operation (after a warm-up, on an emptied table, `--rounds` times):
    "driver+wire+rest". Without pg_stat_statements loaded (a --url server) the split
    is left out. A backend may hold its I/O statistics back for 10 s, so with WAL
    timing the pool is emptied around the unprofiled run (exiting backends flush).
-5. cProfile inflates Python: every profiled call costs some. The per-call overhead
-   is estimated as (profiled total - unprofiled wall) / calls and each category is
-   charged its own calls' share of it, so the corrected figures add up to the wall
-   time; the raw profiled figures are printed too. The driver's C calls are few and
-   long, so its time is barely corrected. For the worker, its services' threads run
-   alongside the producer: their work adds to "profiled" without adding to wall.
+5. cProfile inflates Python, not the time blocked in the driver's C calls: every
+   profiled call costs some, and on 3.11 profiling also takes the interpreter off
+   its fast path for all bytecode. So the driver's built-in (C) time is kept as
+   recorded, and everything else (the Python categories, and the driver's own Python
+   code: psycopg 3 has much) is scaled by one factor so that the sum is the
+   unprofiled wall time: "cProf x" is how much cProfile inflated it. The raw
+   profiled figures are printed too. Wall and profile come from two runs, so their
+   noise lands in the scaled Python figures: trust medians, and the call counts.
+   For the worker, its services' threads run alongside the producer: their work
+   adds to the profile without adding to wall (it is scaled down with the rest).
 
 Blind spots: SQLAlchemy's Cython-compiled parts (sqlalchemy/**/_*_cy.so) are invisible
 to cProfile, so their time lands in the nearest profiled caller (e.g. `sorted()` over
@@ -155,11 +161,14 @@ class Profile:
 
     seconds: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    builtin_seconds: dict[str, float] = field(default_factory=dict)
     functions: dict[str, tuple[str, float, int]] = field(default_factory=dict)
 
-    def add(self, category: str, name: str, seconds: float, calls: int) -> None:
+    def add(self, category: str, name: str, seconds: float, calls: int, builtin: bool) -> None:
         self.seconds[category] = self.seconds.get(category, 0.0) + seconds
         self.calls[category] = self.calls.get(category, 0) + calls
+        if builtin:
+            self.builtin_seconds[category] = self.builtin_seconds.get(category, 0.0) + seconds
         _, s, c = self.functions.get(name, (category, 0.0, 0))
         self.functions[name] = (category, s + seconds, c + calls)
 
@@ -199,7 +208,7 @@ def attribute(profilers: list[Any], classify: Classifier) -> Profile:
             caller = "other Python"  # a built-in calling back (sorted's key=...)
         for sub in entry.calls or ():
             if isinstance(sub.code, str) and classify.builtin(sub.code) == CALLER:
-                out.add(caller, label(sub.code), sub.inlinetime, sub.callcount)
+                out.add(caller, label(sub.code), sub.inlinetime, sub.callcount, True)
                 s, c = charged.get(sub.code, (0.0, 0))
                 charged[sub.code] = (s + sub.inlinetime, c + sub.callcount)
     for entry in entries:
@@ -210,7 +219,7 @@ def attribute(profilers: list[Any], classify: Classifier) -> Profile:
             category, seconds, calls = "other Python", seconds - s, calls - c
             if seconds <= 0 and calls <= 0:
                 continue
-        out.add(category, label(entry.code), seconds, calls)
+        out.add(category, label(entry.code), seconds, calls, isinstance(entry.code, str))
     return out
 
 
@@ -322,6 +331,7 @@ class Operation:
     jobs: int  # jobs per operation
     prepare: Callable[[int], None]  # load what `run(count)` consumes
     run: Callable[[int], None]  # the operation, `count` times
+    chunked: bool = True  # False: its runs have a start-up cost, paid once per round
 
 
 class Bench:
@@ -401,6 +411,7 @@ class Bench:
                 1,
                 self.noops.push,
                 self.drain,
+                chunked=False,
             ),
         ]
 
@@ -434,27 +445,44 @@ class Round:
 
 
 def measure(
-    bench: Bench, op: Operation, count: int, classify: Classifier, clock: ServerClock
+    bench: Bench,
+    op: Operation,
+    count: int,
+    chunks: int,
+    classify: Classifier,
+    clock: ServerClock,
 ) -> Round:
+    """`count` operations unprofiled and `count` profiled, alternating in `chunks` chunks.
+
+    Alternating spreads the machine's ups and downs over both sides alike.
+    """
     bench.reset()
-    op.prepare(count)
-    before = clock.read()
-    started = time.perf_counter()
-    op.run(count)
-    wall = time.perf_counter() - started
-    after = clock.read()
-    server = None
-    if before is not None and after is not None:
-        wal = None if before.wal_ms is None else (after.wal_ms or 0.0) - before.wal_ms
-        server = Counters(
-            after.plan_exec_ms - before.plan_exec_ms, after.statements - before.statements, wal
-        )
-    bench.reset()
-    op.prepare(count)
+    wall = 0.0
     profilers: list[Any] = []
-    with profiled(profilers):
-        op.run(count)
+    server: Counters | None = None
+    for part in split(count, chunks):
+        op.prepare(part)
+        before = clock.read()
+        started = time.perf_counter()
+        op.run(part)
+        wall += time.perf_counter() - started
+        after = clock.read()
+        if before is not None and after is not None:
+            wal = None if before.wal_ms is None else (after.wal_ms or 0.0) - before.wal_ms
+            server = Counters(
+                (server.plan_exec_ms if server else 0.0) + after.plan_exec_ms - before.plan_exec_ms,
+                (server.statements if server else 0) + after.statements - before.statements,
+                None if wal is None else (server.wal_ms or 0.0 if server else 0.0) + wal,
+            )
+        op.prepare(part)
+        with profiled(profilers):
+            op.run(part)
     return Round(wall, attribute(profilers, classify), server)
+
+
+def split(count: int, chunks: int) -> list[int]:
+    base, extra = divmod(count, chunks)
+    return [base + (i < extra) for i in range(chunks) if base + (i < extra)]
 
 
 def summarize(op: Operation, count: int, rounds: list[Round], top: int) -> dict[str, Any]:
@@ -465,21 +493,23 @@ def summarize(op: Operation, count: int, rounds: list[Round], top: int) -> dict[
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    def corrected(r: Round) -> dict[str, float]:
-        busy = {c: r.profile.seconds.get(c, 0.0) for c in categories}
-        calls = sum(r.profile.calls.get(c, 0) for c in categories)
-        per_call = max(0.0, (sum(busy.values()) - r.wall) / calls) if calls else 0.0
-        return {c: max(0.0, busy[c] - r.profile.calls.get(c, 0) * per_call) for c in categories}
-
     raw = {c: median([r.profile.seconds.get(c, 0.0) * us for r in rounds]) for c in categories}
-    fixed = {c: median([corrected(r)[c] * us for r in rounds]) for c in categories}
+    wall = median([r.wall * us for r in rounds])
+    # The driver's C calls (blocked on the server) as recorded; the rest scaled to the wall.
+    blocked = median([r.profile.builtin_seconds.get(DB, 0.0) * us for r in rounds])
+    rest = sum(raw.values()) - blocked
+    inflation = rest / (wall - blocked) if wall > blocked and rest > 0 else None
+    fixed: dict[str, float | None] = {c: None for c in categories}
+    if inflation is not None:
+        fixed = {c: raw[c] / inflation for c in PY_CATEGORIES}
+        fixed[DB] = blocked + (raw[DB] - blocked) / inflation
     result: dict[str, Any] = {
         "operation": op.name,
         "what": op.what,
         "count": count,
         "jobs_per_op": op.jobs,
         "rounds": len(rounds),
-        "wall_us": median([r.wall * us for r in rounds]),
+        "wall_us": wall,
         "profiled_us": median([sum(raw_round(r, categories)) * us for r in rounds]),
         "waiting_us": median([r.profile.seconds.get(WAITING, 0.0) * us for r in rounds]),
         "python_calls": median([sum(r.profile.calls.values()) / count for r in rounds]),
@@ -488,6 +518,7 @@ def summarize(op: Operation, count: int, rounds: list[Round], top: int) -> dict[
         },
         "raw_us": raw,
         "corrected_us": fixed,
+        "cprofile_inflation": inflation,
     }
     servers = [r.server for r in rounds if r.server is not None]
     if servers:
@@ -533,36 +564,41 @@ def rows_for(result: dict[str, Any]) -> list[tuple[str, dict[str, Any], float]]:
 def print_tables(results: list[dict[str, Any]], header: str) -> None:
     print(header)
     print()
-    print("µs per operation, corrected for cProfile's overhead (they add up to wall):")
-    heads = ("wall", "sa_pgtq", "SQLA", "otherPy", "drv+wire+srv", "srv plan+exec", "srv WAL")
-    print(f"{'operation':18s}" + "".join(f"{h:>14s}" for h in heads) + f"{'drv+wire+rest':>14s}")
+    print(
+        "µs per operation, Python scaled to the unprofiled wall; drv+wire+srv split on the right:"
+    )
+    heads = ("wall", "sa_pgtq", "SQLA", "otherPy", "drv+wire+srv", "cProf x", "srv plan+ex")
+    heads += ("srv WAL", "drv+wire+rest")
+    print(f"{'operation':16s}" + "".join(f"{h:>13s}" for h in heads))
     for result in results:
         for name, r, div in rows_for(result):
             fixed = r["corrected_us"]
             plan = r.get("server_plan_exec_us")
             wal = r.get("server_wal_us")
+            db = fixed[DB]
+            rest = None if plan is None or db is None else db - plan - (wal or 0.0)
+            inflation = r["cprofile_inflation"]
             cells = [r["wall_us"], *(fixed[c] for c in (*PY_CATEGORIES, DB))]
-            rest = None if plan is None else fixed[DB] - plan - (wal or 0.0)
-            text_cells = [f"{v / div:14.1f}" for v in cells]
-            text_cells += [
-                f"{'n/a':>14s}" if v is None else f"{v / div:14.1f}" for v in (plan, wal, rest)
-            ]
-            print(f"{name:18s}" + "".join(text_cells))
+            cells += [None if inflation is None else inflation * div, plan, wal, rest]
+            text_cells = [f"{'n/a':>13s}" if v is None else f"{v / div:13.1f}" for v in cells]
+            print(f"{name:16s}" + "".join(text_cells))
+    if any(r["cprofile_inflation"] is None for r in results):
+        print("(n/a: the wall time was below the profiled driver time, too noisy to scale)")
     print()
     print("raw cProfile µs per operation, and counts per operation:")
     heads = ("sa_pgtq", "SQLA", "otherPy", "drv+wire+srv", "profiled", "wall", "calls")
-    tail = f"{'of which SQLA':>14s}{'server stmts':>14s}"
-    print(f"{'operation':18s}" + "".join(f"{h:>14s}" for h in heads) + tail)
+    heads += ("SQLA calls", "server stmts")
+    print(f"{'operation':16s}" + "".join(f"{h:>13s}" for h in heads))
     for result in results:
         for name, r, div in rows_for(result):
             raw = r["raw_us"]
             cells = [*(raw[c] for c in (*PY_CATEGORIES, DB)), r["profiled_us"], r["wall_us"]]
             counts = [r["python_calls"], r["calls_by_category"]["SQLAlchemy"]]
             stmts = r.get("server_statements")
-            line = "".join(f"{v / div:14.1f}" for v in cells)
-            line += "".join(f"{v / div:14.1f}" for v in counts)
-            line += f"{'n/a':>14s}" if stmts is None else f"{stmts / div:14.2f}"
-            print(f"{name:18s}{line}")
+            line = "".join(f"{v / div:13.1f}" for v in cells)
+            line += "".join(f"{v / div:13.1f}" for v in counts)
+            line += f"{'n/a':>13s}" if stmts is None else f"{stmts / div:13.3f}"
+            print(f"{name:16s}{line}")
     for result in results:
         if result.get("top"):
             print()
@@ -585,6 +621,7 @@ def main() -> None:
     parser.add_argument("--driver", choices=sorted(DRIVERS), default="psycopg2")
     parser.add_argument("-n", type=int, default=2000, help="operations per run (batches: n/100)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunks", type=int, default=5, help="alternations per round")
     parser.add_argument("--ops", help="comma-separated operations (default: all)")
     parser.add_argument("--top", type=int, default=0, help="list the N hottest functions")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -604,7 +641,10 @@ def main() -> None:
             bench.reset()
             op.prepare(warm)
             op.run(warm)
-            rounds = [measure(bench, op, count, classify, clock) for _ in range(args.rounds)]
+            rounds = [
+                measure(bench, op, count, args.chunks if op.chunked else 1, classify, clock)
+                for _ in range(args.rounds)
+            ]
             results.append(summarize(op, count, rounds, args.top))
             if not args.json:
                 print(f"  ({op.name} done)", file=sys.stderr, flush=True)
