@@ -28,11 +28,11 @@ worker, whose start-up is part of its cost, runs one burst of `n` tasks per side
    the machine's noise: compare those across commits before the timings.
 4. The server's share of driver+wire+server: pg_stat_statements' planning + execution
    time of every statement of the unprofiled run (BEGIN and COMMIT included, as
-   statements/op), plus the WAL write + fsync time of client backends (pg_stat_io on
-   PostgreSQL 18, pg_stat_wal before; `track_wal_io_timing`), the bulk of a COMMIT
-   with synchronous_commit. What neither counts (parse/bind, sending rows, commit
-   bookkeeping, NOTIFY queueing, the round trips themselves) stays in
-   "driver+wire+rest". Without pg_stat_statements loaded (a --url server) the split
+   statements/op), plus the WAL write + fsync time of client backends and the WAL
+   writer (pg_stat_io on PostgreSQL 18, pg_stat_wal before; `track_wal_io_timing`),
+   the bulk of a COMMIT with synchronous_commit. What neither counts (parse/bind,
+   sending rows, commit bookkeeping, NOTIFY queueing, the round trips themselves)
+   stays in "driver+wire+rest". Without pg_stat_statements loaded (a --url server) the split
    is left out. A backend may hold its I/O statistics back for 10 s, so with WAL
    timing the pool is emptied around the unprofiled run (exiting backends flush).
 5. cProfile inflates Python, not the time blocked in the driver's C calls: every
@@ -256,11 +256,18 @@ class ServerClock:
         wal = "WAL write+fsync time" if self.wal else "no WAL timing (track_wal_io_timing off)"
         return f"server split: pg_stat_statements (plan+exec), {wal}"
 
-    def read(self) -> Counters | None:
+    def read(self, closing: bool) -> Counters | None:
+        """The counters now. Emptying the pool makes the next checkout reconnect, and a
+        connection's set-up statements count too: at the window's close, the statement
+        counters are read first; at its opening, last."""
         if not self.statements:
             return None
-        if self.wal:
-            self._flush_io_statistics()
+        first = self._read_statements() if closing else None
+        wal = self._read_wal() if self.wal else None
+        plan_exec, count = first or self._read_statements()
+        return Counters(plan_exec, count, wal)
+
+    def _read_statements(self) -> tuple[float, int]:
         with self.engine.connect() as conn:
             plan_exec, count = conn.execute(
                 text(
@@ -270,17 +277,21 @@ class ServerClock:
                     " AND query NOT LIKE '%pg_stat%'"
                 )
             ).one()
-            wal = None
-            if self.wal:
-                wal_sql = (
-                    "SELECT coalesce(sum(write_time + fsync_time), 0) FROM pg_stat_io"
-                    " WHERE object = 'wal' AND backend_type IN ('client backend', 'walwriter')"
-                    if self.version >= 180000
-                    else "SELECT wal_write_time + wal_sync_time FROM pg_stat_wal"
-                )
-                wal = float(conn.scalar(text(wal_sql)) or 0.0)
             conn.rollback()
-        return Counters(float(plan_exec), int(count), wal)
+        return float(plan_exec), int(count)
+
+    def _read_wal(self) -> float:
+        self._flush_io_statistics()
+        wal_sql = (
+            "SELECT coalesce(sum(write_time + fsync_time), 0) FROM pg_stat_io"
+            " WHERE object = 'wal' AND backend_type IN ('client backend', 'walwriter')"
+            if self.version >= 180000
+            else "SELECT wal_write_time + wal_sync_time FROM pg_stat_wal"
+        )
+        with self.engine.connect() as conn:
+            wal = float(conn.scalar(text(wal_sql)) or 0.0)
+            conn.rollback()
+        return wal
 
     def _flush_io_statistics(self) -> None:
         """Close the pooled connections: a backend flushes its statistics when it exits.
@@ -462,11 +473,11 @@ def measure(
     server: Counters | None = None
     for part in split(count, chunks):
         op.prepare(part)
-        before = clock.read()
+        before = clock.read(closing=False)
         started = time.perf_counter()
         op.run(part)
         wall += time.perf_counter() - started
-        after = clock.read()
+        after = clock.read(closing=True)
         if before is not None and after is not None:
             wal = None if before.wal_ms is None else (after.wal_ms or 0.0) - before.wal_ms
             server = Counters(
@@ -568,7 +579,7 @@ def print_tables(results: list[dict[str, Any]], header: str) -> None:
         "µs per operation, Python scaled to the unprofiled wall; drv+wire+srv split on the right:"
     )
     heads = ("wall", "sa_pgtq", "SQLA", "otherPy", "drv+wire+srv", "cProf x", "srv plan+ex")
-    heads += ("srv WAL", "drv+wire+rest")
+    heads += ("srv WAL", "drv+wir+rest")
     print(f"{'operation':16s}" + "".join(f"{h:>13s}" for h in heads))
     for result in results:
         for name, r, div in rows_for(result):
