@@ -238,6 +238,7 @@ class ServerClock:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._conn: Any = None
         with engine.connect() as conn:
             self.version = int(conn.scalar(text("SHOW server_version_num")) or 0)
             preload = str(conn.scalar(text("SHOW shared_preload_libraries")))
@@ -257,9 +258,10 @@ class ServerClock:
         return f"server split: pg_stat_statements (plan+exec), {wal}"
 
     def read(self, closing: bool) -> Counters | None:
-        """The counters now. Emptying the pool makes the next checkout reconnect, and a
-        connection's set-up statements count too: at the window's close, the statement
-        counters are read first; at its opening, last."""
+        """The counters now, read on a connection of its own in autocommit (no BEGIN or
+        COMMIT of ours counted). Flushing the WAL statistics empties the pool, and the
+        next connection's set-up statements count too: at a window's opening, the
+        statement counters are read after that reconnect; at its close, before."""
         if not self.statements:
             return None
         first = self._read_statements() if closing else None
@@ -267,48 +269,46 @@ class ServerClock:
         plan_exec, count = first or self._read_statements()
         return Counters(plan_exec, count, wal)
 
+    def _query(self, sql: str) -> tuple[Any, ...]:
+        if self._conn is None:
+            self._conn = self.engine.raw_connection()
+            self._conn.detach()  # kept out of the pool, and of its disposal
+            self._conn.dbapi_connection.autocommit = True  # psycopg2 and psycopg 3
+        cursor = self._conn.cursor()
+        cursor.execute(sql)
+        row = cursor.fetchone()
+        cursor.close()
+        return tuple(row)
+
     def _read_statements(self) -> tuple[float, int]:
-        with self.engine.connect() as conn:
-            plan_exec, count = conn.execute(
-                text(
-                    "SELECT coalesce(sum(total_plan_time + total_exec_time), 0),"
-                    " coalesce(sum(calls), 0) FROM pg_stat_statements"
-                    " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    " AND query NOT LIKE '%pg_stat%'"
-                )
-            ).one()
-            conn.rollback()
+        plan_exec, count = self._query(
+            "SELECT coalesce(sum(total_plan_time + total_exec_time), 0),"
+            " coalesce(sum(calls), 0) FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND query NOT LIKE '%pg_stat%'"
+        )
         return float(plan_exec), int(count)
 
     def _read_wal(self) -> float:
-        self._flush_io_statistics()
-        wal_sql = (
+        """Close the pooled connections (a backend flushes its statistics when it exits;
+        idle, it may hold them back for 10 s), then read, then reconnect one."""
+        self.engine.dispose()
+        others = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        deadline = time.monotonic() + 5.0
+        while self._query(others)[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (wal,) = self._query(
             "SELECT coalesce(sum(write_time + fsync_time), 0) FROM pg_stat_io"
             " WHERE object = 'wal' AND backend_type IN ('client backend', 'walwriter')"
             if self.version >= 180000
             else "SELECT wal_write_time + wal_sync_time FROM pg_stat_wal"
         )
-        with self.engine.connect() as conn:
-            wal = float(conn.scalar(text(wal_sql)) or 0.0)
-            conn.rollback()
-        return wal
-
-    def _flush_io_statistics(self) -> None:
-        """Close the pooled connections: a backend flushes its statistics when it exits.
-
-        An idle backend may keep them pending for up to 10 s (PGSTAT_IDLE_INTERVAL).
-        """
-        self.engine.dispose()
-        others = text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        )
-        deadline = time.monotonic() + 5.0
-        with self.engine.connect() as conn:
-            while conn.scalar(others) and time.monotonic() < deadline:
-                conn.rollback()
-                time.sleep(0.01)
-            conn.rollback()
+        with self.engine.connect():
+            pass  # the operation's connection, opened outside its timing
+        return float(wal or 0.0)
 
 
 @contextmanager
@@ -430,16 +430,17 @@ class Bench:
 def round_trip_us(engine: Engine, count: int = 300) -> float:
     """The median time of `SELECT 1` through the bare DBAPI cursor: one round trip's floor."""
     conn = engine.raw_connection()
+    dbapi: Any = conn.dbapi_connection
     try:
-        conn.autocommit = True  # type: ignore[attr-defined]  # psycopg2 and psycopg 3
-        cursor = conn.cursor()
+        dbapi.autocommit = True  # psycopg2 and psycopg 3
+        cursor = dbapi.cursor()
         times = []
         for _ in range(count):
             started = time.perf_counter()
             cursor.execute("SELECT 1")
             cursor.fetchall()
             times.append(time.perf_counter() - started)
-        conn.autocommit = False  # type: ignore[attr-defined]
+        dbapi.autocommit = False
     finally:
         conn.close()
     return statistics.median(times) * 1e6
