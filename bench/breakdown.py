@@ -1,6 +1,6 @@
 """Where each sync operation's time goes: sa_pgtq, SQLAlchemy, other Python, driver, server.
 
-    python bench/profile.py [--url URL] [--driver psycopg2|psycopg] [-n 2000]
+    python bench/breakdown.py [--url URL] [--driver psycopg2|psycopg] [-n 2000]
                             [--rounds 3] [--chunks 5] [--top 8] [--json]
                             [--ops enqueue,enqueue_session,enqueue_many,dequeue,worker]
 
@@ -13,9 +13,8 @@ worker, whose start-up is part of its cost, runs one burst of `n` tasks per side
 
 1. Unprofiled: run it `n` times and time it: "wall", the truth to reconcile with.
    The server's own counters are read around these runs (see 4).
-2. Profiled: run it `n` times more under cProfile's profiler (`_lsprof`, what
-   `cProfile` wraps: this file's name shadows the stdlib's `profile`, which `cProfile`
-   imports), on this thread and on every thread started meanwhile (the worker's).
+2. Profiled: run it `n` times more under cProfile, on this thread and on every
+   thread started meanwhile (the worker's).
 3. Each function's own time (tottime) goes to where its code lives: sa_pgtq's package,
    SQLAlchemy's, the DBAPI's (psycopg2; psycopg and psycopg_binary for psycopg 3) as
    "driver+wire+server" (its C methods `cursor.execute`, `connection.commit` block
@@ -57,8 +56,8 @@ over rounds. Compare within one run; absolute figures move with the machine's lo
 
 from __future__ import annotations
 
-import _lsprof
 import argparse
+import cProfile
 import importlib.util
 import json
 import os
@@ -182,11 +181,11 @@ def profiled(into: list[Any]) -> Iterator[None]:
     """
 
     def start_in_thread(frame: object, event: str, arg: object) -> None:
-        profiler = _lsprof.Profiler()
+        profiler = cProfile.Profile()
         into.append(profiler)
         profiler.enable()
 
-    main = _lsprof.Profiler()
+    main = cProfile.Profile()
     into.append(main)
     threading.setprofile(start_in_thread)  # type: ignore[arg-type]
     main.enable()
