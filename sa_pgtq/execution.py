@@ -76,32 +76,38 @@ class Executor:
         """Claim up to `limit` due tasks, in dequeue order.
 
         The `finished` tasks of an earlier claim are removed by the same statement: one
-        round trip for both.
+        round trip for both. A batch of nothing but malformed payloads (failed here, for
+        good) is followed by another claim: an empty answer means nothing is due.
         """
         token = new_token()
         backend = self.backend
-        removed, claimed = backend.run(
-            caller,
-            gateway.claim_tasks,
-            backend.queue_name,
-            limit,
-            token,
-            lease,
-            finished or ("", []),
-        )
-        if finished:
-            _warn_if_lost(len(finished[1]) - removed)
-        tasks = []
-        calls = decode_calls([data for _, _, data, _ in claimed])
-        for (task_id, name, _, attempts), call in zip(claimed, calls, strict=True):
-            if isinstance(call, Exception):
-                # A payload no handler can take never will: fail it for good, visibly.
-                broken = Task(task_id, name, (), {}, attempts, token, self, lease, caller)
-                self.record_failure(broken, call, final=True)
-                continue
-            args, kwargs = call
-            tasks.append(Task(task_id, name, args, kwargs, attempts, token, self, lease, caller))
-        return tasks
+        while True:
+            removed, claimed = backend.run(
+                caller,
+                gateway.claim_tasks,
+                backend.queue_name,
+                limit,
+                token,
+                lease,
+                finished or ("", []),
+            )
+            if finished:
+                _warn_if_lost(len(finished[1]) - removed)
+                finished = None
+            tasks = []
+            calls = decode_calls([data for _, _, data, _ in claimed])
+            for (task_id, name, _, attempts), call in zip(claimed, calls, strict=True):
+                if isinstance(call, Exception):
+                    # A payload no handler can take never will: fail it for good, visibly.
+                    broken = Task(task_id, name, (), {}, attempts, token, self, lease, caller)
+                    self.record_failure(broken, call, final=True)
+                    continue
+                args, kwargs = call
+                tasks.append(
+                    Task(task_id, name, args, kwargs, attempts, token, self, lease, caller)
+                )
+            if tasks or not claimed:
+                return tasks
 
     def run_claimed(self, task: Task, timeout: float | None = None) -> Outcome:
         """Run one claimed task's handler; record a failure, or commit its session with the ack.
