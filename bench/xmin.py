@@ -63,7 +63,14 @@ def explain(bench: Bench, sizes: dict[str, int]) -> None:
                 bench.push(n)
                 bench.drain_tasks(n, stop_after=n // 2)
                 lease = timedelta(seconds=30)
-                claim = {"queue_name": bench.q.name, "limit": 100, "token": "-", "lease": lease}
+                claim = {
+                    "done_token": "",
+                    "done_ids": [],
+                    "queue_name": bench.q.name,
+                    "limit": 100,
+                    "token": "-",
+                    "lease": lease,
+                }
                 plan = bench.explain(statements.claim_tasks, claim)
         print(f"{kind}: the next claim after {n // 2} of {n} taken, xmin held")
         for line in plan:

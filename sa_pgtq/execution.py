@@ -8,6 +8,7 @@ worker took the task over) can no longer complete or fail it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -17,7 +18,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session, scoped_session
 
 from . import gateway, validation
@@ -71,32 +71,43 @@ class Executor:
         lease: float,
         caller: object = None,
         *,
-        finished: list[Finished] | None = None,
+        finished: Finished | None = None,
     ) -> list[Task]:
         """Claim up to `limit` due tasks, in dequeue order.
 
-        `finished` tasks are removed in the same transaction: one commit for both.
+        The `finished` tasks of an earlier claim are removed by the same statement: one
+        round trip for both. A batch of nothing but malformed payloads (failed here, for
+        good) is followed by another claim: an empty answer means nothing is due.
         """
         token = new_token()
         backend = self.backend
-        with backend.connection(caller, atomic=True) as conn:
-            self._acknowledge_on(conn, finished or [])
-            claimed = gateway.claim_tasks(
-                conn, backend.statements, backend.queue_name, limit, token, lease
+        while True:
+            removed, claimed = backend.run(
+                caller,
+                gateway.claim_tasks,
+                backend.queue_name,
+                limit,
+                token,
+                lease,
+                finished or ("", []),
             )
-        tasks = []
-        for row in claimed:
-            try:
-                args, kwargs = decode_call(row.data)
-            except (TaskArgumentsError, DataTooDeepError) as exc:
-                # A payload no handler can take never will: fail it for good, visibly.
-                broken = Task(row.id, row.name, (), {}, row.attempts, token, self, lease, caller)
-                self.record_failure(broken, exc, final=True)
-                continue
-            tasks.append(
-                Task(row.id, row.name, args, kwargs, row.attempts, token, self, lease, caller)
-            )
-        return tasks
+            if finished:
+                _warn_if_lost(len(finished[1]) - removed)
+                finished = None
+            tasks = []
+            calls = decode_calls([data for _, _, data, _ in claimed])
+            for (task_id, name, _, attempts), call in zip(claimed, calls, strict=True):
+                if isinstance(call, Exception):
+                    # A payload no handler can take never will: fail it for good, visibly.
+                    broken = Task(task_id, name, (), {}, attempts, token, self, lease, caller)
+                    self.record_failure(broken, call, final=True)
+                    continue
+                args, kwargs = call
+                tasks.append(
+                    Task(task_id, name, args, kwargs, attempts, token, self, lease, caller)
+                )
+            if tasks or not claimed:
+                return tasks
 
     def run_claimed(self, task: Task, timeout: float | None = None) -> Outcome:
         """Run one claimed task's handler; record a failure, or commit its session with the ack.
@@ -242,19 +253,18 @@ class Executor:
     def acknowledge(self, finished: list[Finished]) -> None:
         """Remove finished tasks (of one claim or several) in one transaction."""
         with self.backend.connection(None, atomic=len(finished) > 1) as conn:
-            self._acknowledge_on(conn, finished)
+            for token, ids in finished:
+                removed = gateway.acknowledge_tasks(conn, self.backend.statements, token, ids)
+                _warn_if_lost(len(ids) - removed)
 
     def release(self, token: str, ids: list[int]) -> None:
         """Put claimed tasks that never started back, untouched (a graceful shutdown)."""
         self.backend.run(None, gateway.release_tasks, token, ids)
 
-    def _acknowledge_on(self, conn: Connection, finished: list[Finished]) -> None:
-        for token, ids in finished:
-            removed = gateway.acknowledge_tasks(conn, self.backend.statements, token, ids)
-            if removed < len(ids):
-                log.warning(
-                    "%d finished tasks had lost their lease and may run again", len(ids) - removed
-                )
+
+def _warn_if_lost(lost: int) -> None:
+    if lost:
+        log.warning("%d finished tasks had lost their lease and may run again", lost)
 
 
 def _call(handler: Handler[Any, Any] | None, task: Task, queue_name: str) -> Any:
@@ -269,15 +279,36 @@ def _call(handler: Handler[Any, Any] | None, task: Task, queue_name: str) -> Any
     return handler.func(*task.args, **task.kwargs)
 
 
-def decode_call(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The (args, kwargs) stored in a task's data (JSON text); anything else is malformed."""
-    data = validation.decode_data(text)
-    if not isinstance(data, dict) or not isinstance(data.get("args"), list):
-        raise TaskArgumentsError(f"malformed task payload: {data!r}")
+def decode_calls(texts: list[str]) -> list[tuple[tuple[Any, ...], dict[str, Any]] | Exception]:
+    """The (args, kwargs) stored in tasks' data (JSON texts), or why one is malformed.
+
+    A batch is decoded in one call, as one JSON array (one level deeper, checked as
+    such); only a batch holding a payload too deep is decoded one by one, to tell which.
+    """
+    batch = f"[{','.join(texts)}]"
+    try:
+        validation.check_depth(batch, validation.MAX_DEPTH + 1)
+    except DataTooDeepError:
+        return [_call_of(_decoded(text)) for text in texts]
+    return [_call_of(data) for data in json.loads(batch)]
+
+
+def _decoded(text: str) -> Any:
+    try:
+        return validation.decode_data(text)
+    except DataTooDeepError as exc:
+        return exc
+
+
+def _call_of(data: Any) -> tuple[tuple[Any, ...], dict[str, Any]] | Exception:
+    if isinstance(data, Exception):
+        return data
+    if type(data) is not dict or type(args := data.get("args")) is not list:
+        return TaskArgumentsError(f"malformed task payload: {data!r}")
     kwargs = data.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise TaskArgumentsError(f"malformed task payload: {data!r}")
-    return tuple(data["args"]), kwargs
+    if type(kwargs) is not dict:
+        return TaskArgumentsError(f"malformed task payload: {data!r}")
+    return tuple(args), kwargs
 
 
 def backoff(base: float, attempts: int) -> float:

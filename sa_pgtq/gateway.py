@@ -11,7 +11,6 @@ a sync connection through `AsyncConnection.run_sync`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -200,28 +199,39 @@ def requeue_failed(
 # -- tasks -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClaimedTask:
-    id: int
-    name: str
-    data: str  # JSON text, decoded (bounded) by the caller
-    attempts: int  # tries started, this one included
+#: A claimed task as `claim_tasks` returns it: id, handler name, data (JSON text, decoded
+#: with a bound on its nesting by the caller), attempts (tries started, this one included).
+ClaimedTask = tuple[int, str, str, int]
 
 
 def claim_tasks(
-    conn: Connection, table: Statements, queue_name: str, limit: int, token: str, lease: float
-) -> list[ClaimedTask]:
-    """Mark up to `limit` due tasks `running` under `token` and a lease; in dequeue order."""
+    conn: Connection,
+    table: Statements,
+    queue_name: str,
+    limit: int,
+    token: str,
+    lease: float,
+    done: tuple[str, list[int]] = ("", []),
+) -> tuple[int, list[ClaimedTask]]:
+    """Remove `done` (an earlier claim's token, and its finished tasks) and mark up to `limit`
+    due tasks `running` under `token` and a lease, in one statement.
+
+    Returns how many of `done` were removed (the rest had lost their lease) and the
+    claimed tasks, in dequeue order.
+    """
     params = {
+        "done_token": done[0],
+        "done_ids": done[1],
         "queue_name": queue_name,
         "limit": limit,
         "token": token,
         "lease": timedelta(seconds=lease),
     }
-    claimed = conn.execute(table.claim_tasks, params).all()
-    # RETURNING has no order of its own; run them in the order they were chosen.
-    in_order = sorted(claimed, key=lambda row: (-row.priority, row.run_at, row.id))
-    return [ClaimedTask(row.id, row.tag, row.data, row.attempts) for row in in_order]
+    rows = conn.execute(table.claim_tasks, params).all()
+    removed = int(rows[0][0])
+    if rows[0][1] is None:  # nothing claimed: the one row only carries the count
+        return removed, []
+    return removed, [(row[1], row[2], row[3], row[4]) for row in rows]
 
 
 def acknowledge_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> int:

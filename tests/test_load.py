@@ -33,9 +33,9 @@ def test_acks_heartbeats_and_releases_find_tasks_by_primary_key(q: sa_pgtq.Queue
     noop.push_many([(i,) for i in range(20_000)])
     statements = statements_for(q.model)
     with q.engine.begin() as conn:
-        claimed = gateway.claim_tasks(conn, statements, q.name, 100, "token", 30)
+        _, claimed = gateway.claim_tasks(conn, statements, q.name, 100, "token", 30)
         conn.execute(text(f"ANALYZE {q.table_name}"))
-    held = {"ids": [task.id for task in claimed], "token": "token"}
+    held = {"ids": [task_id for task_id, _, _, _ in claimed], "token": "token"}
     with q.engine.connect() as conn:
         for statement, params in [
             (statements.ack_tasks, held),
@@ -57,7 +57,7 @@ def test_heartbeats_update_in_place(q: sa_pgtq.Queue) -> None:
     noop.push_many([(i,) for i in range(10)])
     statements = statements_for(q.model)
     with q.engine.begin() as conn:
-        claimed = gateway.claim_tasks(conn, statements, q.name, 10, "token", 30)
+        _, claimed = gateway.claim_tasks(conn, statements, q.name, 10, "token", 30)
     counts = text(
         "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
         "WHERE relid = to_regclass(:table)"
@@ -65,7 +65,7 @@ def test_heartbeats_update_in_place(q: sa_pgtq.Queue) -> None:
     with q.engine.begin() as conn:
         # This backend's counts not yet flushed to the shared statistics: compare.
         before = conn.execute(counts, {"table": q.table_name}).one()
-        renewed = gateway.renew_leases(conn, statements, "token", [t.id for t in claimed], 60)
+        renewed = gateway.renew_leases(conn, statements, "token", [t[0] for t in claimed], 60)
         after = conn.execute(counts, {"table": q.table_name}).one()
     assert len(renewed) == 10
     assert (after[0] - before[0], after[1] - before[1]) == (10, 10), "updated, all HOT"

@@ -11,8 +11,9 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
 from sqlalchemy.orm import Session
 
 import sa_pgtq
-from sa_pgtq import errors
+from sa_pgtq import errors, gateway
 from sa_pgtq.models import FAILED
+from sa_pgtq.statements import statements_for
 
 effects = Table("task_effects", MetaData(), Column("n", Integer))
 
@@ -307,3 +308,54 @@ def test_a_worker_runs_on_when_its_listen_connection_cannot_connect(
     record.push(7)
     burst(q)
     assert effect_rows(clean) == [7]
+
+
+def test_malformed_payloads_in_a_batch_fail_alone(tq: sa_pgtq.Queue, clean: Engine) -> None:
+    # A batch's payloads are decoded together; one that is no call fails for good, alone.
+    ran: list[int] = []
+
+    @tq.handler()
+    def record(n: int) -> None:
+        ran.append(n)
+
+    record.push_many([(1,), (2,)])
+    with clean.begin() as conn:
+        for data in ('{"args": 1}', '{"args": [], "kwargs": []}', "[]"):
+            conn.execute(
+                text(
+                    "INSERT INTO sa_pgtq_jobs (queue, kind, tag, data) "
+                    "VALUES ('test_queue', 'task', 'record', CAST(:data AS jsonb))"
+                ),
+                {"data": data},
+            )
+    record.push(3)
+    sa_pgtq.Worker(tq, batch_size=8, install_signal_handlers=False).run(burst=True)
+    assert ran == [1, 2, 3]
+    failed = tq.failed()
+    assert len(failed) == 3
+    assert all(
+        job.attempts == 1 and "TaskArgumentsError" in (job.last_error or "") for job in failed
+    )
+
+
+def test_a_claim_removes_an_earlier_claims_finished_tasks(tq: sa_pgtq.Queue) -> None:
+    @tq.handler()
+    def noop(n: int) -> None:
+        pass
+
+    noop.push_many([(n,) for n in range(5)])
+    statements = statements_for(tq.model)
+    with tq.engine.connect() as conn:
+        _, first = gateway.claim_tasks(conn, statements, tq.name, 2, "a", 30)
+        ids = [task_id for task_id, _, _, _ in first]
+        # Finished under another token (a lease lost and taken over): kept.
+        removed, _ = gateway.claim_tasks(conn, statements, tq.name, 0, "b", 30, ("x", ids))
+        assert removed == 0
+        removed, second = gateway.claim_tasks(conn, statements, tq.name, 9, "c", 30, ("a", ids))
+        conn.commit()
+    assert removed == 2
+    assert [n for _, _, _, n in second] == [1, 1, 1]  # attempts: tries started
+    assert [task.id for task in tq.failed()] == []
+    with tq.engine.connect() as conn:
+        left = conn.execute(text("SELECT id FROM sa_pgtq_jobs ORDER BY id")).scalars().all()
+    assert left == [task_id for task_id, _, _, _ in second]

@@ -15,8 +15,8 @@ ACK_INTERVAL = 0.5
 class Completer(Periodic):
     """Collects tasks that succeeded without a session of their own, and removes them.
 
-    A claiming producer takes what is pending into its claim's transaction (one
-    commit for both); whatever no claim took is removed every `ACK_INTERVAL`
+    A claiming producer takes one claim's pending tasks into its claim statement (one
+    round trip for both); whatever no claim took is removed every `ACK_INTERVAL`
     seconds. Until removed, a finished task keeps its lease, so it is never
     rescued and run again.
     """
@@ -33,6 +33,14 @@ class Completer(Periodic):
     def finished(self, token: str, task_id: int) -> None:
         with self._lock:
             self._pending.setdefault(token, []).append(task_id)
+
+    def take_one(self) -> Finished | None:
+        """One claim's pending tasks (the longest waiting), for a claim to remove."""
+        with self._lock:
+            if not self._pending:
+                return None
+            token = next(iter(self._pending))
+            return token, self._pending.pop(token)
 
     def take(self) -> list[Finished]:
         """Everything pending, for the caller to remove (then `removed` or `put_back`)."""
