@@ -2,7 +2,8 @@
 
     python bench/breakdown.py [--url URL] [--driver psycopg2|psycopg] [-n 2000]
                             [--rounds 3] [--chunks 5] [--top 8] [--json]
-                            [--ops enqueue,enqueue_session,enqueue_many,dequeue,worker]
+                            [--ops enqueue,enqueue_session,enqueue_many,dequeue,worker,
+                                   floor_autocommit,floor_session,floor_dequeue]
 
 Without --url (nor DATABASE_URL / SA_PGTQ_TEST_URL) it starts a throwaway embedded
 PostgreSQL with pg_stat_statements and WAL I/O timing switched on (a restart).
@@ -344,17 +345,76 @@ class Operation:
     chunked: bool = True  # False: its runs have a start-up cost, paid once per round
 
 
+#: The floors of the side-by-side harness, split the same way: the least SQL a queue can
+#: issue (a minimal table, no NOTIFY, the bare DBAPI), and its INSERT in a Session.
+FLOOR_TABLE = (
+    "CREATE TABLE IF NOT EXISTS rawq (id bigserial PRIMARY KEY, tag text NOT NULL, "
+    "data jsonb NOT NULL, run_at timestamptz NOT NULL DEFAULT now(), "
+    "attempts int NOT NULL DEFAULT 0); "
+    "CREATE INDEX IF NOT EXISTS rawq_fetch ON rawq (tag, run_at, id)"
+)
+FLOOR_INSERT = "INSERT INTO rawq (tag, data) VALUES (%s, %s)"
+FLOOR_TAKE = (
+    "DELETE FROM rawq WHERE id IN (SELECT id FROM rawq WHERE tag = %s AND run_at <= now() "
+    "ORDER BY run_at, id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING data"
+)
+
+
 class Bench:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.q = sa_pgtq.Queue(engine, name="profile")
         self.q.create_table()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(FLOOR_TABLE)
         self.noops = Noops(self.q)
         self.batch = [{"i": i} for i in range(BATCH)]
 
     def reset(self) -> None:
         with self.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {self.q.table_name}"))
+            conn.execute(text(f"TRUNCATE {self.q.table_name}, rawq"))
+
+    @contextmanager
+    def dbapi(self, *, autocommit: bool) -> Iterator[Any]:
+        """A bare DBAPI connection from the pool (returned to it: the pool is emptied later)."""
+        conn = self.engine.raw_connection()
+        dbapi: Any = conn.dbapi_connection  # psycopg2 or psycopg 3
+        dbapi.autocommit = autocommit
+        try:
+            yield dbapi
+        finally:
+            dbapi.autocommit = False
+            conn.close()
+
+    def floor_autocommit(self, count: int) -> None:
+        with self.dbapi(autocommit=True) as dbapi:
+            cursor = dbapi.cursor()
+            for i in range(count):
+                cursor.execute(FLOOR_INSERT, (TAG, json.dumps({"i": i})))
+
+    def floor_session(self, count: int) -> None:
+        insert = text("INSERT INTO rawq (tag, data) VALUES (:tag, :data)")
+        for i in range(count):
+            with Session(self.engine) as s, s.begin():
+                s.execute(insert, {"tag": TAG, "data": json.dumps({"i": i})})
+
+    def floor_fill(self, count: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO rawq (tag, data) "
+                    "SELECT :tag, jsonb_build_object('i', n) FROM generate_series(1, :count) n"
+                ),
+                {"tag": TAG, "count": count},
+            )
+
+    def floor_dequeue(self, count: int) -> None:
+        with self.dbapi(autocommit=False) as dbapi:
+            for _ in range(count):
+                with dbapi.cursor() as cursor:
+                    cursor.execute(FLOOR_TAKE, (TAG,))
+                    assert cursor.fetchall()
+                dbapi.commit()
 
     def nothing(self, count: int) -> None:
         pass
@@ -422,6 +482,27 @@ class Bench:
                 self.noops.push,
                 self.drain,
                 chunked=False,
+            ),
+            Operation(
+                "floor_autocommit",
+                "the harness's floor: a bare DBAPI INSERT into a minimal table, autocommit",
+                1,
+                self.nothing,
+                self.floor_autocommit,
+            ),
+            Operation(
+                "floor_session",
+                "that INSERT in with Session(engine) as s, s.begin(): s.execute(text(...))",
+                1,
+                self.nothing,
+                self.floor_session,
+            ),
+            Operation(
+                "floor_dequeue",
+                "the floor's 1-job DELETE ... SKIP LOCKED RETURNING, one DBAPI transaction each",
+                1,
+                self.floor_fill,
+                self.floor_dequeue,
             ),
         ]
 
