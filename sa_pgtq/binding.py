@@ -173,9 +173,8 @@ class DedicatedConnection:
 def _driver_autocommit(conn: Connection) -> Iterator[Connection]:
     """`conn` with the driver in autocommit, restored afterwards.
 
-    The DBAPI flag is set directly: SQLAlchemy's AUTOCOMMIT isolation level would
-    send a SET at every check-in, and lets an engine skip the rollbacks that a
-    connection switched back to transactions needs.
+    The DBAPI flag is set directly, for the block only: SQLAlchemy's AUTOCOMMIT
+    isolation level would send a SET at every check-in.
     """
     dbapi: Any = conn.connection.dbapi_connection  # psycopg2 or psycopg 3
     dbapi.autocommit = True
