@@ -168,7 +168,7 @@ def _v2_down(op: Operations, table: str) -> None:
 
 
 def _v3_up(op: Operations, table: str) -> None:
-    # sa_pgtq's INSERTs now notify in the statement itself (`statements.notify_if_due`):
+    # sa_pgtq's INSERTs now notify in the statement itself (`statements._notify_if_due`):
     # the trigger cost every enqueue a transition table and a query, about 0.05 ms of a
     # 0.7 ms Session enqueue. A producer that writes with plain SQL is found by the
     # listeners' polling, or wakes them with the same pg_notify.

@@ -81,7 +81,7 @@ def _wake_listeners(table: Any, queue: Any, kind: Any, tag: Any) -> ColumnElemen
     return func.pg_notify(CHANNEL, cast(payload, Text))
 
 
-def notify_if_due(table: Any) -> ColumnElement[Any]:
+def _notify_if_due(table: Any) -> ColumnElement[Any]:
     """For an INSERT's RETURNING: wake listeners if the row is waiting and due.
 
     PostgreSQL sends the notification at commit, and only once per transaction
@@ -128,7 +128,7 @@ class Statements:
                 priority=bindparam("priority"),
                 run_at=_run_at(),
             )
-            .returning(c.id, notify_if_due(table))
+            .returning(c.id, _notify_if_due(table))
         )
 
         # One INSERT .. SELECT over the elements of one JSON array: one round trip, one
@@ -204,7 +204,7 @@ class Statements:
                     ),
                 }
             )
-            .returning(notify_if_due(table))
+            .returning(_notify_if_due(table))
         )
         #: job_id, seen_attempts (as handed out), error, to_tail, state -> the failure of a
         #: message whose restore was lost with its transaction (a rollback, a dropped
