@@ -308,8 +308,7 @@ def backend_pid(conn: Connection) -> int:
 
 
 def _notify(conn: Connection, table: Statements, queue_name: str, kind: str, tag: str) -> None:
-    payload = schema.notify_payload(table.table.name, queue_name, kind, tag)
-    conn.execute(table.notify, {"payload": payload})
+    conn.execute(table.notify, {"queue_name": queue_name, "kind": kind, "tag": tag})
 
 
 def _jobs(table: Statements, rows: Iterable[RowMapping]) -> list[JobMixin]:

@@ -9,7 +9,6 @@ One definition serves three callers, so they cannot drift apart:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -33,11 +32,6 @@ from .models import (
 #: (a JSON array [table, queue, kind, tag]) says what arrived. A fixed channel means
 #: no user-chosen name ever reaches LISTEN, which cannot take a bound parameter.
 CHANNEL = "sa_pgtq"
-
-
-def notify_payload(table: str, queue: str, kind: str, tag: str) -> str:
-    """What a wake-up notification says, for those sent from Python."""
-    return json.dumps([table, queue, kind, tag])
 
 
 def _quote(op: Operations, name: str) -> str:

@@ -259,8 +259,8 @@ class Statements:
         )
         self._task_statements()
 
-        #: payload -> wake listeners (INSERTs do this in their RETURNING)
-        self.notify: Select[Any] = select(func.pg_notify(CHANNEL, bindparam("payload", type_=Text)))
+        #: queue_name, kind, tag -> wake their listeners (INSERTs do this in their RETURNING)
+        self.notify: Select[Any] = select(_wake_listeners(table, queue, kind, tag))
 
     def _task_statements(self) -> None:
         table, c = self.table, self.table.c
