@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ParamSpec
 
@@ -89,15 +89,9 @@ def hold(
         with _held(joined.connection, backend, tag, rules, joined.savepoint) as row:
             yield row
         return
-    if own is not None:
-        with _held(own, backend, tag, rules, None) as row:
-            yield row
-        return
     # No ORM state is involved, so a plain Connection does (and costs less per call).
-    with (
-        backend.binding.engine.connect() as pooled,
-        _held(pooled, backend, tag, rules, None) as row,
-    ):
+    connection = nullcontext(own) if own is not None else backend.binding.engine.connect()
+    with connection as conn, _held(conn, backend, tag, rules, None) as row:
         yield row
 
 
