@@ -1,7 +1,8 @@
 """sa_pgtq: a PostgreSQL task queue that lives inside your SQLAlchemy application."""
 
 from . import errors, pgtq, q4pg, schema, worker
-from .context import current_job, current_session, current_task
+from .aio import AsyncHandler, AsyncQueue, AsyncTask, AsyncWorker
+from .context import current_async_session, current_job, current_session, current_task
 from .handlers import Handler
 from .models import Job, JobMixin
 from .q4pg import QueueManager
@@ -10,6 +11,10 @@ from .tasks import Task
 from .worker import Worker
 
 __all__ = [
+    "AsyncHandler",
+    "AsyncQueue",
+    "AsyncTask",
+    "AsyncWorker",
     "Handler",
     "Job",
     "JobMixin",
@@ -17,6 +22,7 @@ __all__ = [
     "QueueManager",
     "Task",
     "Worker",
+    "current_async_session",
     "current_job",
     "current_session",
     "current_task",

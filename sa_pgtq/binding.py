@@ -15,6 +15,7 @@ garbage collection only in the process that opened it, so dropping one is safe.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -25,15 +26,25 @@ from typing import Any, Protocol
 from psycopg2.extensions import parse_dsn
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_scoped_session,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from .errors import InvalidInputError, InvalidSessionError
 
 Bind = Engine | sessionmaker[Session] | URL | str
+AsyncBind = AsyncEngine | async_sessionmaker[AsyncSession] | URL | str
 #: What `session=` accepts: the caller's transaction.
 Caller = Session | scoped_session[Session] | Connection
+AsyncCaller = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
 
 
 def engine_from_url(url: str | URL) -> Engine:
@@ -48,6 +59,20 @@ def engine_from_url(url: str | URL) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg2")
     engine = create_engine(parsed)
     _own_engines.add(engine)
+    return engine
+
+
+def async_engine_from_url(url: str | URL) -> AsyncEngine:
+    """An async engine for a URL or DSN: a bare `postgresql://` gets asyncpg (else psycopg)."""
+    parsed = dsn_to_url(url) if isinstance(url, str) and "://" not in url else make_url(url)
+    if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
+        driver = "asyncpg" if importlib.util.find_spec("asyncpg") is not None else "psycopg"
+        parsed = parsed.set(drivername=f"postgresql+{driver}")
+    try:
+        engine = create_async_engine(parsed)
+    except (ArgumentError, ImportError) as exc:
+        raise InvalidInputError(f"AsyncQueue needs an async driver: {exc}") from None
+    _own_engines.add(engine.sync_engine)
     return engine
 
 
@@ -73,31 +98,53 @@ class Binding:
     transaction pooler (PgBouncer), which cannot carry notifications.
     """
 
-    def __init__(self, bind: Bind, listen_bind: Engine | URL | str | None = None) -> None:
-        if isinstance(bind, sessionmaker):
+    def __init__(
+        self,
+        bind: Bind | AsyncBind,
+        listen_bind: Engine | AsyncEngine | URL | str | None = None,
+        *,
+        asynchronous: bool = False,
+    ) -> None:
+        #: Used through the asyncio bridge: `engine` is an AsyncEngine's sync side.
+        self.asynchronous = asynchronous
+        self.async_sessions: async_sessionmaker[AsyncSession] | None = None
+        if asynchronous:
+            self.async_sessions = _async_sessions(bind)
+            engine = self.async_sessions.kw["bind"].sync_engine
+            self.sessions: sessionmaker[Session] = sessionmaker(engine)
+        elif isinstance(bind, sessionmaker):
             engine = bind.kw.get("bind")
             if not isinstance(engine, Engine):
                 raise InvalidInputError("a sessionmaker passed to Queue must be bound to an Engine")
-            self.engine: Engine = engine
-            self.sessions: sessionmaker[Session] = bind
+            self.sessions = bind
         elif isinstance(bind, (Engine, URL, str)):
-            self.engine = bind if isinstance(bind, Engine) else engine_from_url(bind)
-            self.sessions = sessionmaker(self.engine)
+            engine = bind if isinstance(bind, Engine) else engine_from_url(bind)
+            self.sessions = sessionmaker(engine)
         else:
-            raise InvalidSessionError(
-                "bind must be an Engine, a sessionmaker, a URL or a DSN string, "
-                f"not {type(bind).__name__}"
+            raise _not_a_bind(bind, "an Engine, a sessionmaker")
+        self.engine: Engine = engine
+        self.listen_engine: Engine = self.engine
+        if isinstance(listen_bind, AsyncEngine) and asynchronous:
+            self.listen_engine = listen_bind.sync_engine
+        elif isinstance(listen_bind, Engine) and not asynchronous:
+            self.listen_engine = listen_bind
+        elif isinstance(listen_bind, (URL, str)):
+            self.listen_engine = (
+                async_engine_from_url(listen_bind).sync_engine
+                if asynchronous
+                else engine_from_url(listen_bind)
             )
-        self.listen_engine: Engine = (
-            self.engine
-            if listen_bind is None
-            else listen_bind
-            if isinstance(listen_bind, Engine)
-            else engine_from_url(listen_bind)
-        )
+        elif listen_bind is not None:
+            raise _not_a_bind(listen_bind, "an AsyncEngine" if asynchronous else "an Engine")
         for engine in (self.engine, self.listen_engine):
             if engine.dialect.name != "postgresql":
                 raise InvalidInputError(f"sa_pgtq needs PostgreSQL, not {engine.dialect.name}")
+            if engine.dialect.is_async != asynchronous:
+                raise InvalidSessionError(
+                    "an async engine needs sa_pgtq.AsyncQueue"
+                    if asynchronous is False
+                    else "AsyncQueue needs an async engine (postgresql+asyncpg or +psycopg)"
+                )
             _guard_against_forks(engine)
 
     def transaction(self) -> AbstractContextManager[Connection]:
@@ -113,6 +160,28 @@ class Binding:
         """
         with self.engine.connect() as conn, _driver_autocommit(conn):
             yield conn
+
+
+def _async_sessions(bind: object) -> async_sessionmaker[AsyncSession]:
+    if isinstance(bind, async_sessionmaker):
+        if not isinstance(bind.kw.get("bind"), AsyncEngine):
+            raise InvalidInputError(
+                "an async_sessionmaker passed to AsyncQueue must be bound to an AsyncEngine"
+            )
+        return bind
+    if isinstance(bind, AsyncEngine):
+        return async_sessionmaker(bind)
+    if isinstance(bind, (URL, str)):
+        return async_sessionmaker(async_engine_from_url(bind))
+    raise _not_a_bind(bind, "an AsyncEngine, an async_sessionmaker")
+
+
+def _not_a_bind(bind: object, kinds: str) -> InvalidSessionError:
+    asyncio_bind = isinstance(bind, (AsyncEngine, async_sessionmaker))
+    hint = " (use sa_pgtq.AsyncQueue for those)" if asyncio_bind and "Async" not in kinds else ""
+    return InvalidSessionError(
+        f"bind must be {kinds}, a URL or a DSN string, not {type(bind).__name__}{hint}"
+    )
 
 
 class DedicatedConnection:
@@ -181,7 +250,7 @@ def _driver_autocommit(conn: Connection) -> Iterator[Connection]:
     try:
         yield conn
     finally:
-        if not dbapi.closed:
+        if not getattr(dbapi, "closed", False):  # asyncpg's adapter has no `closed`
             dbapi.autocommit = False
 
 
@@ -217,6 +286,29 @@ def check_caller(caller: object) -> None:
     """Refuse, before anything runs, what `join` could not run an operation in."""
     if caller is not None and not isinstance(caller, (Session, scoped_session, Connection)):
         raise _not_a_session(caller)
+
+
+def sync_caller(caller: object) -> Caller | None:
+    """The sync side of an asyncio caller's transaction, which `join` runs operations in.
+
+    It is what `AsyncSession.run_sync` hands its function: used in a bridged
+    greenlet, its statements are awaited on the event loop.
+    """
+    if caller is None:
+        return None
+    if isinstance(caller, async_scoped_session):
+        caller = caller()
+    if isinstance(caller, AsyncSession):
+        return caller.sync_session
+    if isinstance(caller, AsyncConnection):
+        if caller.sync_connection is None:
+            raise InvalidSessionError("the AsyncConnection is not connected yet (async with it)")
+        return caller.sync_connection
+    hint = " (use sa_pgtq.Queue for those)" if isinstance(caller, (Session, Connection)) else ""
+    raise InvalidSessionError(
+        "session must be an AsyncSession, an async_scoped_session or an AsyncConnection, "
+        f"not {type(caller).__name__}{hint}"
+    )
 
 
 def _not_a_session(caller: object) -> InvalidSessionError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
@@ -21,7 +20,7 @@ from typing import Any, ParamSpec
 from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 
-from . import gateway, validation
+from . import bridge, gateway, validation
 from .backend import Backend
 from .binding import Savepoint, join
 from .errors import DataTooDeepError, describe_error
@@ -344,7 +343,7 @@ class _Recount:
                 failure.count_anew(self._backend)
 
         if failures:
-            threading.Thread(target=count, name="sa_pgtq-recount", daemon=True).start()
+            bridge.run_aside(count, "sa_pgtq-recount", self._backend.binding.asynchronous)
 
 
 _recounts: weakref.WeakKeyDictionary[Connection, _Recount] = weakref.WeakKeyDictionary()

@@ -9,15 +9,19 @@ name is ever reserved:
         session.get(Order, order_id).shipped = True
 
 The session is opened on first use only; a handler that never asks costs no
-extra transaction, and its completion is acknowledged in a batch.
+extra transaction, and its completion is acknowledged in a batch. An async
+handler of an `AsyncQueue` asks for `current_async_session()` instead: the
+same transaction, through the `AsyncSession` that proxies it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextvars import ContextVar
 
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession, async_session
 from sqlalchemy.orm import Session
 
 from .backend import Backend
@@ -38,6 +42,7 @@ class JobContext:
         self.backend = backend
         self.task = task
         self.session = session
+        self._async_session: AsyncSession | None = None  # the proxy of ours, kept referenced
         self._owns_session = session is None
         self._lock = threading.Lock()
         self._ended: str | None = None  # "finished" or "expired"
@@ -46,14 +51,19 @@ class JobContext:
         if self.session is None:
             if self.expired:
                 raise self.timeout_error()
-            self.session = self.backend.binding.sessions()
+            async_sessions = self.backend.binding.async_sessions
+            if async_sessions is None:
+                self.session = self.backend.binding.sessions()
+            else:
+                self._async_session = async_sessions()
+                self.session = self._async_session.sync_session
             event.listen(self.session, "before_commit", self._refuse_if_expired)
         return self.session
 
     def close(self) -> None:
         if self.session is not None and self._owns_session:
             self.session.close()  # rolls back whatever was not committed
-            self.session = None
+            self.session = self._async_session = None
 
     def finish(self) -> bool:
         """The handler returned or raised in time: its outcome is recorded (False: too late)."""
@@ -98,7 +108,31 @@ def _context() -> JobContext:
 
 def current_session() -> Session:
     """The Session whose transaction commits together with the running job's completion."""
-    return _context().open_session()
+    context = _context()
+    if context.backend.binding.asynchronous:
+        raise NoWorkerContextError(
+            "the handlers of an AsyncQueue use `current_async_session()` (in an async def)"
+        )
+    return context.open_session()
+
+
+def current_async_session() -> AsyncSession:
+    """In an async handler of an `AsyncQueue`: the AsyncSession that commits with the job."""
+    context = _context()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise NoWorkerContextError(
+            "a plain def handler runs in a thread, outside the job's transaction: "
+            "declare it `async def` to use current_async_session()"
+        ) from None
+    session = async_session(context.open_session())
+    if session is None:
+        raise NoWorkerContextError(
+            "this task was popped on an AsyncConnection: use that connection, "
+            "or pop it with an AsyncSession"
+        )
+    return session
 
 
 def current_task() -> Task:
@@ -109,6 +143,11 @@ def current_task() -> Task:
 def current_job() -> JobMixin:
     """The running job's row, loaded through `current_session()`."""
     context = _context()
+    if context.backend.binding.asynchronous:
+        raise NoWorkerContextError(
+            "in an AsyncQueue's handler, load it with "
+            "`await current_async_session().get(Job, current_task().id)`"
+        )
     job = context.open_session().get(context.backend.statements.model, context.task.id)
     if job is None:
         raise NoWorkerContextError(f"job {context.task.id} is no longer in the queue table")

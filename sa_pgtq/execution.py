@@ -8,6 +8,8 @@ worker took the task over) can no longer complete or fail it.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
@@ -20,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, scoped_session
 
-from . import gateway, validation
+from . import bridge, gateway, validation
 from .backend import Backend
 from .binding import join
 from .context import JobContext, activate, deactivate
@@ -115,13 +117,14 @@ class Executor:
         A success without a session is left to the caller to acknowledge (`needs_ack`),
         so that a worker can remove finished tasks in batches. A run longer than the
         handler's `timeout` (else the given default) fails with `TaskTimeoutError`;
-        the handler's thread is left behind, and nothing it writes commits.
+        the handler's thread is left behind, and nothing it writes commits. On the
+        event loop (`AsyncQueue`) an async handler is cancelled instead.
         """
         handler = self.handlers.get(task.name)
         limit = timeout if handler is None or handler.timeout is None else handler.timeout
         context = JobContext(self.backend, task)
-        if limit is None:
-            return self._attempt(handler, context)
+        if limit is None or self.backend.binding.asynchronous:
+            return self._attempt(handler, context, limit)
         runner, call = self._submit(lambda: self._attempt(handler, context))
         if call.done.wait(limit) or not context.expire():
             return call.result()  # in time, or its outcome was being recorded already
@@ -147,11 +150,13 @@ class Executor:
             self.acknowledge([(task.token, [task.id])])
         return outcome
 
-    def _attempt(self, handler: Handler[Any, Any] | None, context: JobContext) -> Outcome:
+    def _attempt(
+        self, handler: Handler[Any, Any] | None, context: JobContext, limit: float | None = None
+    ) -> Outcome:
         task = context.task
         reset = activate(context)
         try:
-            result = _call(handler, task, self.backend.queue_name)
+            result = self._call(handler, context, limit)
             if not context.finish():
                 return Outcome(succeeded=False, error=context.timeout_error())
             if context.session is None:
@@ -195,7 +200,7 @@ class Executor:
         block = joined.savepoint()  # the handler's writes, undone alone if it fails
         reset = activate(context)
         try:
-            result = _call(self.handlers.get(task.name), task, self.backend.queue_name)
+            result = self._call(self.handlers.get(task.name), context)
             # The handler's writes fail here, as the handler's failure. Our own Session
             # commits only its savepoint within the caller's transaction.
             session.commit() if owned is not None else session.flush()
@@ -261,22 +266,47 @@ class Executor:
         """Put claimed tasks that never started back, untouched (a graceful shutdown)."""
         self.backend.run(None, gateway.release_tasks, token, ids)
 
+    def _call(
+        self, handler: Handler[Any, Any] | None, context: JobContext, limit: float | None = None
+    ) -> Any:
+        """Call the handler (under `limit` seconds: only on the event loop, see `run_claimed`)."""
+        task = context.task
+        if handler is None:
+            raise UnknownHandlerError(
+                f"no handler named {task.name!r} is registered on queue {self.backend.queue_name!r}"
+            )
+        if task.attempts > handler.max_attempts:
+            raise WorkerLostError(
+                f"gave up after {handler.max_attempts} attempts: the last one never finished"
+            )
+        if self.backend.binding.asynchronous:
+            return bridge.wait_for(_on_the_loop(handler.func, context, limit))
+        if inspect.iscoroutinefunction(handler.func):
+            # An async handler pushed by a sync app and run by a sync worker.
+            return asyncio.run(handler.func(*task.args, **task.kwargs))
+        return handler.func(*task.args, **task.kwargs)
+
+
+async def _on_the_loop(func: Callable[..., Any], context: JobContext, limit: float | None) -> Any:
+    """Await an async handler, or a plain one in a thread: the event loop never blocks."""
+    task = context.task
+    if inspect.iscoroutinefunction(func):
+        call = func(*task.args, **task.kwargs)
+    else:
+        call = asyncio.to_thread(func, *task.args, **task.kwargs)
+    if limit is None:
+        return await call
+    running = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({running}, timeout=limit)
+    if not done:
+        running.cancel()
+        raise context.timeout_error()
+    return running.result()
+
 
 def _warn_if_lost(lost: int) -> None:
     if lost:
         log.warning("%d finished tasks had lost their lease and may run again", lost)
-
-
-def _call(handler: Handler[Any, Any] | None, task: Task, queue_name: str) -> Any:
-    if handler is None:
-        raise UnknownHandlerError(
-            f"no handler named {task.name!r} is registered on queue {queue_name!r}"
-        )
-    if task.attempts > handler.max_attempts:
-        raise WorkerLostError(
-            f"gave up after {handler.max_attempts} attempts: the last one never finished"
-        )
-    return handler.func(*task.args, **task.kwargs)
 
 
 def decode_calls(texts: list[str]) -> list[tuple[tuple[Any, ...], dict[str, Any]] | Exception]:

@@ -55,7 +55,7 @@ class Heartbeat(Periodic):
     def __init__(
         self, backend: Backend, leases: Leases, lease: float, *, own_connection: bool = True
     ) -> None:
-        super().__init__(lease / 3)
+        super().__init__(lease / 3, asynchronous=backend.binding.asynchronous)
         self._backend = backend
         self._leases = leases
         self._lease = lease

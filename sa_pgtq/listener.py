@@ -21,25 +21,20 @@ from __future__ import annotations
 
 import logging
 import os
-import select
-import socket
 import threading
 import time
-from typing import Any, SupportsFloat
+from typing import SupportsFloat
 
 from sqlalchemy import Connection, Engine
 
-from . import gateway, validation
+from . import bridge, gateway, validation
 from .binding import DedicatedConnection
-from .schema import CHANNEL
+from .notifications import Notifications, notifications_of
 
 log = logging.getLogger(__name__)
 
 #: A ping may take this long even with a very short poll interval.
 MIN_PING_TIMEOUT = 1.0
-
-#: How often a wait checks whether its worker is stopping.
-STOP_CHECK_INTERVAL = 0.2
 
 #: Engine URLs already warned about, so each process says it once.
 _warned_pooled: set[str] = set()
@@ -68,8 +63,9 @@ class Listener:
         self._poll_interval = poll_interval
         self._ping_timeout = max(poll_interval, MIN_PING_TIMEOUT)
         self._dedicated = DedicatedConnection(engine)
+        self._asynchronous = engine.dialect.is_async
         self._conn: Connection | None = None  # listening (the dedicated one), or None
-        self._driver: Any = None  # its DBAPI connection (psycopg2 or psycopg 3), for notifies
+        self._notifications: Notifications | None = None  # how its driver delivers them
         self._pid = 0  # the process that opened it
         self._pooled = False  # behind a transaction pooler: poll, never LISTEN
 
@@ -98,7 +94,7 @@ class Listener:
         return self._conn if self._pid == os.getpid() else None
 
     def close(self) -> None:
-        self._conn = self._driver = None
+        self._conn = self._notifications = None
         self._dedicated.close()
 
     def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
@@ -110,7 +106,7 @@ class Listener:
         deadline = time.monotonic() + max(timeout, 0.0)
         try:
             if self._pooled:
-                _sleep(deadline, stop)
+                self._sleep(deadline, stop)
                 return True
             if self._conn is None or self._pid != os.getpid():
                 self.close()
@@ -120,8 +116,9 @@ class Listener:
                 if stop is not None:
                     if stop.is_set():
                         return True
-                    left = min(left, STOP_CHECK_INTERVAL)
-                if any(self._matches(payload) for payload in self._receive(left)):
+                    left = min(left, bridge.STOP_CHECK_INTERVAL)
+                assert self._notifications is not None
+                if any(self._matches(payload) for payload in self._notifications.receive(left)):
                     return True
             self._ping()
             return False
@@ -130,17 +127,17 @@ class Listener:
             # next call and, meanwhile, behave as a poll.
             log.warning("LISTEN connection lost (%s); falling back to polling", exc)
             self.close()
-            _sleep(deadline, stop)
+            self._sleep(deadline, stop)
             return True
 
     def _connect(self) -> None:
         with self._dedicated.autocommit() as conn:
-            driver: Any = conn.connection.dbapi_connection  # psycopg2's or psycopg's own
+            notifications = notifications_of(conn)
             # A pooler hands the client a made-up backend pid (its own cancel key).
-            self._pooled = gateway.backend_pid(conn) != driver.info.backend_pid
+            self._pooled = gateway.backend_pid(conn) != notifications.backend_pid()
             if not self._pooled:
-                gateway.start_listening(conn)
-                self._conn, self._driver, self._pid = conn, driver, os.getpid()
+                notifications.start(conn)
+                self._conn, self._notifications, self._pid = conn, notifications, os.getpid()
                 return
         self._dedicated.close()
         url = self._engine.url.render_as_string()
@@ -155,8 +152,8 @@ class Listener:
 
     def _ping(self) -> None:
         """A round trip; a silently dead connection is cut after `ping_timeout` seconds."""
-        assert self._conn is not None
-        watchdog = threading.Timer(self._ping_timeout, _cut, (self._driver.fileno(),))
+        assert self._notifications is not None
+        watchdog = threading.Timer(self._ping_timeout, self._notifications.cut)
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -165,17 +162,8 @@ class Listener:
         finally:
             watchdog.cancel()
 
-    def _receive(self, timeout: float) -> list[str]:
-        conn = self._driver
-        if hasattr(conn, "poll"):  # psycopg2
-            if select.select([conn], [], [], timeout)[0]:
-                conn.poll()
-            payloads = [n.payload for n in conn.notifies if n.channel == CHANNEL]
-            conn.notifies.clear()
-            return payloads
-        return [
-            n.payload for n in conn.notifies(timeout=timeout, stop_after=1) if n.channel == CHANNEL
-        ]
+    def _sleep(self, deadline: float, stop: threading.Event | None) -> None:
+        bridge.sleep(deadline - time.monotonic(), stop, self._asynchronous)
 
     def _matches(self, payload: str) -> bool:
         # Any role that can connect may NOTIFY this channel. A payload that is not the
@@ -188,17 +176,3 @@ class Listener:
             return True
         table, queue, kind, tag = fields
         return (table, queue, kind) == self._wanted and (self._tag is None or tag == self._tag)
-
-
-def _sleep(deadline: float, stop: threading.Event | None) -> None:
-    left = max(deadline - time.monotonic(), 0.0)
-    if stop is None:
-        time.sleep(left)
-    else:
-        stop.wait(left)
-
-
-def _cut(fd: int) -> None:
-    """Shut a connection's socket down, so that a read blocked on it fails at once."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        sock.shutdown(socket.SHUT_RDWR)

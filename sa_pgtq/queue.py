@@ -39,11 +39,12 @@ class Queue:
 
     `bind` is an Engine, a sessionmaker bound to one, or a URL / libpq DSN string.
     Several `Queue` objects (with different names) may share one table.
+    (`AsyncQueue` passes a ready `Binding` of its async engine.)
     """
 
     def __init__(
         self,
-        bind: Bind,
+        bind: Bind | Binding,
         *,
         name: str = "default",
         data_type: validation.DataType = "json",
@@ -67,7 +68,8 @@ class Queue:
         self.model: type[JobMixin] = model or job_model(
             DEFAULT_TABLE if table_name is None else validation.check_table_name(table_name)
         )
-        self.backend = Backend(Binding(bind, listen_bind), statements_for(self.model), name)
+        binding = bind if isinstance(bind, Binding) else Binding(bind, listen_bind)
+        self.backend = Backend(binding, statements_for(self.model), name)
         #: The task handlers registered on this queue, by name.
         self.handlers = HandlerRegistry(self.backend)
         self.executor = Executor(self.backend, self.handlers)

@@ -11,16 +11,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sa_pgtq"
 # folder (worker.*); anything else, lazy or TYPE_CHECKING imports included, is a cycle
 # waiting to happen.
 LAYERS = [
-    {"errors", "models", "embedded", "periodic", "runner"},
+    {"errors", "models", "embedded", "bridge", "runner"},
+    {"periodic"},
     {"validation", "schema"},
     {"statements"},
     {"gateway", "binding"},
-    {"backend", "listener", "tasks"},
+    {"notifications", "backend", "tasks"},
+    {"listener"},
     {"context", "handlers", "leases"},
     {"execution", "consuming"},
     {"queue"},
     {"q4pg", "pgtq"},
     {"worker"},
+    {"aio"},
     {"demo"},
     {"cli"},
     {"__init__"},
@@ -29,7 +32,7 @@ LAYERS = [
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE).with_suffix("").parts
-    return "__init__" if parts == ("__init__",) else parts[0]  # worker/* is the worker layer
+    return "__init__" if parts == ("__init__",) else parts[0]  # worker/* is the worker layer, …
 
 
 def imported(path: Path) -> set[str]:
@@ -39,9 +42,8 @@ def imported(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sa_pgtq"):
             names.add(node.module.split(".")[1] if "." in node.module else "__init__")
         elif isinstance(node, ast.ImportFrom) and node.level:
-            inside_worker = path.parent.name == "worker" and node.level == 1
-            if inside_worker:
-                continue  # the worker's own services
+            if path.parent != PACKAGE and node.level == 1:
+                continue  # a module of its own package folder (worker's services, aio's parts)
             if node.module:
                 names.add(node.module.split(".")[0])
             else:

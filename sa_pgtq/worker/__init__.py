@@ -14,7 +14,6 @@ may share one table.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,11 +21,10 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
-from .. import validation
-from ..execution import DEFAULT_LEASE
 from ..leases import Heartbeat, Leases
 from ..periodic import Periodic
 from ..queue import Queue
+from .base import BaseWorker
 from .completer import Completer
 from .producer import Producer
 from .rescuer import Rescuer
@@ -36,7 +34,7 @@ __all__ = ["Worker", "main_loop"]
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class Worker(BaseWorker):
     """Runs a queue's tasks; `concurrency` producers each claim and run batches."""
 
     def __init__(
@@ -50,21 +48,16 @@ class Worker:
         timeout: float | None = None,
         install_signal_handlers: bool = True,
     ) -> None:
-        self.queue = queue
-        self.concurrency = validation.check_count(concurrency, "concurrency")
-        self.batch_size = validation.check_count(batch_size, "batch_size")
-        self.lease = validation.check_timeout(lease, "lease") or DEFAULT_LEASE
-        self.poll_interval = (
-            validation.check_timeout(poll_interval, "poll_interval") or queue.poll_interval
+        super().__init__(
+            queue.poll_interval,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            lease=lease,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            install_signal_handlers=install_signal_handlers,
         )
-        #: Seconds a task may run when its handler sets no timeout (None: no limit).
-        self.timeout = validation.check_timeout(timeout, "timeout")
-        self.install_signal_handlers = install_signal_handlers
-        self._stopping = threading.Event()
-
-    def stop(self) -> None:
-        """Finish the task in hand, put back the unstarted rest of the batch, and return."""
-        self._stopping.set()
+        self.queue = queue
 
     def run(self, burst: bool = False) -> None:
         """Run tasks until `stop()` (or a signal); with `burst`, until nothing is due."""
@@ -114,13 +107,7 @@ class Worker:
             return
 
         def graceful(signum: int, frame: FrameType | None) -> None:
-            if self._stopping.is_set():
-                # A second signal: the tasks in hand are left to their leases (another
-                # worker takes them over once those expire), as after a crash.
-                log.warning("signal %s again: exiting now", signum)
-                os._exit(128 + signum)
-            log.info("signal %s: finishing the current task, then stopping", signum)
-            self.stop()
+            self._on_signal(signum)
 
         previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -133,15 +120,23 @@ class Worker:
 @contextmanager
 def _running(*services: Periodic, final: bool = False) -> Iterator[None]:
     """Services started for the block; stopped after it (with a `final` last tick)."""
-    for service in services:
-        service.start()
+    start(*services)
     try:
         yield
     finally:
-        for service in services:
-            service.stop()
-            if final:
-                service.safe_tick()
+        stop(*services, final=final)
+
+
+def start(*services: Periodic) -> None:
+    for service in services:
+        service.start()
+
+
+def stop(*services: Periodic, final: bool = False) -> None:
+    for service in services:
+        service.stop()
+        if final:
+            service.safe_tick()
 
 
 def main_loop(queue: Queue, *, concurrency: int = 1) -> NoReturn:

@@ -7,6 +7,7 @@ import threading
 from ..execution import Executor, Finished
 from ..leases import Leases
 from ..periodic import Periodic
+from ..tasks import Outcome, Task
 
 #: Seconds a finished task may wait for its batched removal.
 ACK_INTERVAL = 0.5
@@ -24,11 +25,31 @@ class Completer(Periodic):
     name = "completer"
 
     def __init__(self, executor: Executor, leases: Leases) -> None:
-        super().__init__(ACK_INTERVAL)
+        super().__init__(ACK_INTERVAL, asynchronous=executor.backend.binding.asynchronous)
         self._executor = executor
         self._leases = leases
         self._pending: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+
+    def claim(self, limit: int, lease: float) -> list[Task]:
+        """Claim tasks, removing one earlier claim's finished ones in the same round trip."""
+        finished = self.take_one()
+        if finished is None:
+            return self._executor.claim(limit, lease)
+        try:
+            tasks = self._executor.claim(limit, lease, finished=finished)
+        except BaseException:
+            self.put_back([finished])
+            raise
+        self.removed([finished])
+        return tasks
+
+    def settle(self, task: Task, outcome: Outcome) -> None:
+        """After a run: a success still to remove keeps its lease until removed."""
+        if outcome.needs_ack:
+            self.finished(task.token, task.id)
+        else:
+            self._leases.drop(task.token, [task.id])
 
     def finished(self, token: str, task_id: int) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from .. import gateway
+from ..backend import Backend
 from ..execution import Executor
 from ..leases import Leases
 from ..listener import Listener, idle_wait
@@ -73,26 +74,18 @@ class Producer:
         """Claim and run until stopped; with `burst`, until nothing is due."""
         backend = self._executor.backend
         size = BatchSize(self._batch_size)
-        listener = Listener(
-            backend.binding.listen_engine,
-            backend.table_name,
-            backend.queue_name,
-            TASK,
-            None,
-            self._poll_interval,
-        )
-        with listener:
+        with task_listener(backend, self._poll_interval) as listener:
             while not self._stopping.is_set():
                 try:
                     started = time.monotonic()
-                    tasks = self._claim(size.size)
+                    tasks = self._completer.claim(size.size, self._lease)
                     if tasks:
                         self._run_batch(tasks)
                         size.update(len(tasks), time.monotonic() - started)
                         continue
                     if burst:
                         return
-                    listener.wait(self._idle_wait(), self._stopping)
+                    listener.wait(idle_seconds(backend, self._poll_interval), self._stopping)
                 except (DBAPIError, SQLAlchemyTimeoutError) as exc:
                     # The database went away (restart, network) or the pool had no free
                     # connection: the pool reconnects on the next checkout; held tasks
@@ -104,19 +97,6 @@ class Producer:
                     # a bug of ours must not end the worker, nor spin it.
                     log.exception("unexpected error in the worker loop; retrying")
                     self._stopping.wait(_RECONNECT_DELAY)
-
-    def _claim(self, limit: int) -> list[Task]:
-        # One claim's finished tasks are removed by the claim statement: one round trip.
-        finished = self._completer.take_one()
-        if finished is None:
-            return self._executor.claim(limit, self._lease)
-        try:
-            tasks = self._executor.claim(limit, self._lease, finished=finished)
-        except BaseException:
-            self._completer.put_back([finished])
-            raise
-        self._completer.removed([finished])
-        return tasks
 
     def _run_batch(self, tasks: list[Task]) -> None:
         token = tasks[0].token
@@ -130,16 +110,26 @@ class Producer:
                     break
                 outcome = self._executor.run_claimed(task, self._timeout)
                 done += 1
-                if outcome.needs_ack:
-                    self._completer.finished(token, task.id)  # keeps its lease until removed
-                else:
-                    self._leases.drop(token, [task.id])
+                self._completer.settle(task, outcome)
         finally:
             # Released, or abandoned by an error: whatever never ran is no longer renewed,
             # so if it is still claimed its lease expires and another worker takes it.
             self._leases.drop(token, ids[done:])
 
-    def _idle_wait(self) -> float:
-        backend = self._executor.backend
-        due = backend.run(None, gateway.seconds_until_next_task, backend.queue_name)
-        return idle_wait(due, self._poll_interval)
+
+def task_listener(backend: Backend, poll_interval: float) -> Listener:
+    """A listener woken by any task of the queue becoming due."""
+    return Listener(
+        backend.binding.listen_engine,
+        backend.table_name,
+        backend.queue_name,
+        TASK,
+        None,
+        poll_interval,
+    )
+
+
+def idle_seconds(backend: Backend, poll_interval: float) -> float:
+    """How long an idle worker waits for a NOTIFY: until the next scheduled task, at most a poll."""
+    due = backend.run(None, gateway.seconds_until_next_task, backend.queue_name)
+    return idle_wait(due, poll_interval)

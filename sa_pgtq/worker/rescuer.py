@@ -17,7 +17,7 @@ class Rescuer(Periodic):
     name = "rescuer"
 
     def __init__(self, backend: Backend, lease: float) -> None:
-        super().__init__(lease / 2)
+        super().__init__(lease / 2, asynchronous=backend.binding.asynchronous)
         self._backend = backend
 
     def tick(self) -> None:

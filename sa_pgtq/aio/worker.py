@@ -1,0 +1,225 @@
+"""`AsyncWorker`: one event loop running up to `concurrency` of a queue's tasks at once.
+
+    await sa_pgtq.AsyncWorker(q, concurrency=50).run(burst=False)
+
+The services are the sync worker's (completer, heartbeat, rescuer), ticking as
+tasks of the event loop through the greenlet bridge. What is written for
+asyncio is the dispatch: one fetcher claims batches (FOR UPDATE SKIP LOCKED)
+into a buffer while `concurrency` slots take tasks from it and run them, each
+run the executor's own, its handler awaited on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+
+from .. import bridge
+from ..execution import Executor
+from ..leases import Heartbeat, Leases
+from ..listener import Listener
+from ..tasks import Task
+from ..worker import start, stop
+from ..worker.base import BaseWorker
+from ..worker.completer import Completer
+from ..worker.producer import BatchSize, idle_seconds, task_listener
+from ..worker.rescuer import Rescuer
+from .queue import AsyncQueue
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait before claiming again after a database error.
+RECONNECT_DELAY = 1.0
+
+
+class AsyncWorker(BaseWorker):
+    """Runs an `AsyncQueue`'s tasks, `concurrency` at a time, on the running event loop."""
+
+    def __init__(
+        self,
+        queue: AsyncQueue,
+        *,
+        concurrency: int = 1,
+        batch_size: int = 100,
+        lease: float | None = None,
+        poll_interval: float | None = None,
+        timeout: float | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        super().__init__(
+            queue.poll_interval,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            lease=lease,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            install_signal_handlers=install_signal_handlers,
+        )
+        self.queue = queue
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._progress: asyncio.Event | None = None  # a slot freed, or stop() was called
+
+    def stop(self) -> None:
+        """Finish the tasks in hand, put back the claimed but unstarted rest, and return.
+
+        Safe to call from any thread.
+        """
+        super().stop()
+        loop, progress = self._loop, self._progress
+        if loop is not None and progress is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(progress.set)
+
+    async def run(self, burst: bool = False) -> None:
+        """Run tasks until `stop()` (or a signal); with `burst`, until nothing is due."""
+        self._stopping.clear()
+        self._loop = asyncio.get_running_loop()
+        self._progress = asyncio.Event()
+        executor = self.queue.executor
+        leases = Leases()
+        completer = Completer(executor, leases)
+        heartbeat = Heartbeat(executor.backend, leases, self.lease)
+        rescuer = Rescuer(executor.backend, self.lease)
+        await bridge.spawn(rescuer.safe_tick)  # what a dead worker left is due now
+        await bridge.spawn(start, heartbeat, rescuer, completer)
+        try:
+            with self._signals():
+                log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
+                await _Dispatch(self, executor, leases, completer).run(burst)
+        finally:
+            await bridge.spawn(stop, heartbeat, rescuer)
+            await bridge.spawn(stop, completer, final=True)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if (
+            not self.install_signal_handlers
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            yield
+            return
+        assert self._loop is not None
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                self._loop.remove_signal_handler(sig)
+
+
+class _Dispatch:
+    """One run's fetcher and slots, sharing the buffer of claimed, unstarted tasks."""
+
+    def __init__(
+        self, worker: AsyncWorker, executor: Executor, leases: Leases, completer: Completer
+    ) -> None:
+        assert worker._progress is not None
+        self._worker = worker
+        self._executor = executor
+        self._leases = leases
+        self._completer = completer
+        self._stopping = worker._stopping
+        self._progress = worker._progress
+        self._ready: asyncio.Queue[Task | None] = asyncio.Queue()
+        self._running = 0
+
+    async def run(self, burst: bool) -> None:
+        worker = self._worker
+        slots = [asyncio.ensure_future(self._slot()) for _ in range(worker.concurrency)]
+        listener = task_listener(self._executor.backend, worker.poll_interval)
+        await bridge.spawn(listener.__enter__)
+        try:
+            await self._fetch(listener, burst)
+        finally:
+            if self._stopping.is_set():
+                await self._release_unstarted()
+            for _ in slots:
+                self._ready.put_nowait(None)  # after what is left: a burst runs it all
+            await asyncio.gather(*slots)
+            await bridge.spawn(listener.close)
+
+    async def _fetch(self, listener: Listener, burst: bool) -> None:
+        worker = self._worker
+        size = BatchSize(worker.batch_size)
+        last_claim = time.monotonic()
+        while not self._stopping.is_set():
+            # Enough to fill the free slots and keep `size` waiting: fast tasks grow it
+            # (few claims per task), slow ones shrink it (no hoarding what others could run).
+            free = worker.concurrency - self._running - self._ready.qsize()
+            limit = min(free + size.size, worker.batch_size)
+            if limit <= 0:
+                self._progress.clear()
+                await self._progress.wait()
+                continue
+            try:
+                tasks = await bridge.spawn(self._completer.claim, limit, worker.lease)
+            except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+                # The database went away or the pool is full: held tasks are safe
+                # under their leases meanwhile.
+                log.warning("database error in the worker loop (%s); retrying", exc)
+                await self._pause(RECONNECT_DELAY)
+                continue
+            now = time.monotonic()
+            if tasks:
+                size.update(len(tasks), now - last_claim)
+                last_claim = now
+                self._leases.hold(tasks[0].token, [task.id for task in tasks])
+                for task in tasks:
+                    self._ready.put_nowait(task)
+                continue
+            if burst:
+                return
+            try:
+                backend = self._executor.backend
+                wait = await bridge.spawn(idle_seconds, backend, worker.poll_interval)
+                await bridge.spawn(listener.wait, wait, self._stopping)
+            except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+                log.warning("database error in the worker loop (%s); retrying", exc)
+                await self._pause(RECONNECT_DELAY)
+
+    async def _slot(self) -> None:
+        while (task := await self._ready.get()) is not None:
+            self._running += 1
+            try:
+                outcome = await bridge.spawn(self._executor.run_claimed, task, self._worker.timeout)
+            except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+                # Its outcome could not be recorded: no longer renewed, its lease expires
+                # and the task runs again, counted.
+                log.warning("task %s: database error (%s); it will run again", task.id, exc)
+                self._leases.drop(task.token, [task.id])
+            except Exception:
+                log.exception("task %s: unexpected error; it will run again", task.id)
+                self._leases.drop(task.token, [task.id])
+            else:
+                self._completer.settle(task, outcome)
+            finally:
+                self._running -= 1
+                self._progress.set()
+
+    async def _release_unstarted(self) -> None:
+        """Put claimed tasks that never started back, untouched."""
+        unstarted: dict[str, list[int]] = {}
+        while not self._ready.empty():
+            task = self._ready.get_nowait()
+            if task is not None:
+                unstarted.setdefault(task.token, []).append(task.id)
+        for token, ids in unstarted.items():
+            try:
+                await bridge.spawn(self._executor.release, token, ids)
+            except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+                log.warning("could not put tasks back (%s); their leases will expire", exc)
+            self._leases.drop(token, ids)
+
+    async def _pause(self, seconds: float) -> None:
+        self._progress.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), seconds)

@@ -1,0 +1,60 @@
+"""The seam between sa_pgtq's sync code and asyncio: how it waits, and how it runs aside.
+
+The asyncio API runs the very same sync code as `Queue`, inside greenlets that
+SQLAlchemy's bridge spawns (`greenlet_spawn`, what `AsyncSession` does over
+`Session`). Database calls there already yield to the event loop. The few other
+places where sync code blocks or starts a thread (a sleep, a wait for NOTIFY, a
+service ticking aside, a handler) ask here instead, with `asynchronous` saying
+which world they run in: the queue's engine is an async one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from sqlalchemy.util import await_only, greenlet_spawn
+
+T = TypeVar("T")
+
+#: How often a wait checks whether its worker is stopping.
+STOP_CHECK_INTERVAL = 0.2
+
+#: Background tasks, kept referenced until done (the loop holds only weak references).
+_background: set[asyncio.Task[Any]] = set()
+
+
+def wait_for(awaitable: Awaitable[T]) -> T:
+    """Await from sync code running in a bridged greenlet: the event loop runs meanwhile."""
+    return await_only(awaitable)
+
+
+def sleep(seconds: float, stop: threading.Event | None, asynchronous: bool) -> None:
+    """Sleep up to `seconds`, returning early once `stop` is set."""
+    deadline = time.monotonic() + max(seconds, 0.0)
+    if not asynchronous:
+        if stop is None:
+            time.sleep(max(seconds, 0.0))
+        else:
+            stop.wait(max(seconds, 0.0))
+        return
+    while (left := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
+        wait_for(asyncio.sleep(left if stop is None else min(left, STOP_CHECK_INTERVAL)))
+
+
+def run_aside(func: Callable[[], None], name: str, asynchronous: bool) -> None:
+    """Run `func` without waiting for it: in a thread, or as a task of the event loop."""
+    if not asynchronous:
+        threading.Thread(target=func, name=name, daemon=True).start()
+        return
+    task = asyncio.get_running_loop().create_task(greenlet_spawn(func), name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def spawn(func: Callable[..., T], *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
+    """Run sync sa_pgtq code from a coroutine, its database calls awaited on the event loop."""
+    return greenlet_spawn(func, *args, **kwargs)
