@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
 import os
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import demo
+from .aio import AsyncQueue, AsyncWorker
 from .queue import Queue
 from .worker import Worker
 
@@ -19,8 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run a queue's tasks until SIGTERM/SIGINT")
-    worker.add_argument("queue", help="where the Queue lives, as module:attribute (myapp.tasks:q)")
-    worker.add_argument("--concurrency", type=int, default=1, help="threads running tasks")
+    worker.add_argument(
+        "queue", help="where the Queue or AsyncQueue lives, as module:attribute (myapp.tasks:q)"
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="tasks run at once (threads for a Queue, on one event loop for an AsyncQueue)",
+    )
     worker.add_argument("--burst", action="store_true", help="exit once nothing is due")
     worker.add_argument("--batch-size", type=int, default=100, help="most tasks claimed at once")
     worker.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
@@ -41,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_queue(path: str) -> Queue:
+def load_queue(path: str) -> Queue | AsyncQueue:
     """Import `module:attribute` (the current directory is importable, as with `python -m`)."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
@@ -51,8 +60,10 @@ def load_queue(path: str) -> Queue:
     target: object = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)
-    if not isinstance(target, Queue):
-        raise SystemExit(f"sa-pgtq: {path} is a {type(target).__name__}, not a sa_pgtq.Queue")
+    if not isinstance(target, (Queue, AsyncQueue)):
+        raise SystemExit(
+            f"sa-pgtq: {path} is a {type(target).__name__}, not a sa_pgtq.Queue or AsyncQueue"
+        )
     return target
 
 
@@ -61,13 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
         queue = load_queue(args.queue)
-        Worker(
-            queue,
-            concurrency=args.concurrency,
-            batch_size=args.batch_size,
-            lease=args.lease,
-            timeout=args.timeout,
-        ).run(burst=args.burst)
+        options = {
+            "concurrency": args.concurrency,
+            "batch_size": args.batch_size,
+            "lease": args.lease,
+            "timeout": args.timeout,
+        }
+        if isinstance(queue, AsyncQueue):
+            asyncio.run(AsyncWorker(queue, **options).run(burst=args.burst))
+        else:
+            Worker(queue, **options).run(burst=args.burst)
     elif args.command == "demo":
         demo.run(args.url)
     return 0

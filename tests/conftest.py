@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import DRIVERS, Spawn, engine_for
+from helpers import ASYNC_DRIVERS, DRIVERS, Spawn, async_url_for, engine_for
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -62,6 +62,21 @@ def clean(engine: Engine) -> Engine:
 @pytest.fixture
 def q(clean: Engine) -> sa_pgtq.Queue:
     return sa_pgtq.Queue(clean)
+
+
+@pytest.fixture(params=ASYNC_DRIVERS)
+def async_url(request: pytest.FixtureRequest, db_url: str) -> str:
+    """The test database for an async engine on each async driver, the queue table empty.
+
+    An async engine's connections belong to the event loop that opened them, so each
+    test makes its engine inside its own `asyncio.run` (and disposes of it there).
+    """
+    sync = create_engine(db_url)
+    sa_pgtq.Queue(sync).create_table()
+    with sync.begin() as conn:
+        conn.execute(text(f"TRUNCATE {sa_pgtq.Job.__tablename__} RESTART IDENTITY"))
+    sync.dispose()
+    return async_url_for(db_url, request.param)
 
 
 # -- worker processes ---------------------------------------------------------------

@@ -16,6 +16,8 @@ from sqlalchemy.engine import make_url
 import sa_pgtq
 
 DRIVERS = ("psycopg2", "psycopg")
+#: The asyncio API's drivers: every async test runs on each.
+ASYNC_DRIVERS = ("asyncpg", "psycopg")
 
 #: Starts `sa-pgtq worker workerapp:q` on a database URL (the `spawn` fixture).
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
@@ -31,6 +33,11 @@ def fresh_tables(engine: Engine, *tables: Table) -> None:
 
 def engine_for(db_url: str, driver: str) -> Engine:
     return create_engine(make_url(db_url).set(drivername=f"postgresql+{driver}"))
+
+
+def async_url_for(db_url: str, driver: str) -> str:
+    """The test database's URL for an async engine on `driver`."""
+    return make_url(db_url).set(drivername=f"postgresql+{driver}").render_as_string(False)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
