@@ -30,7 +30,7 @@ from ..tasks import Task
 from ..worker import start, stop
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
-from ..worker.producer import BatchSize, idle_seconds, task_listener
+from ..worker.producer import idle_seconds, task_listener
 from ..worker.rescuer import Rescuer
 from .queue import AsyncQueue
 
@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait before claiming again after a database error.
 RECONNECT_DELAY = 1.0
+
+#: Claims a worker keeps in flight: the next batch is on its way while one is run.
+CLAIMS_IN_FLIGHT = 2
+
+#: The buffer of claimed tasks holds what the slots finish in this many seconds.
+RESERVE_SECONDS = 0.05
+
+#: Tasks that never await still leave the event loop a turn this often.
+TURN_SECONDS = 0.001
 
 
 class AsyncWorker(BaseWorker):
@@ -117,7 +126,13 @@ class AsyncWorker(BaseWorker):
 
 
 class _Dispatch:
-    """One run's fetcher and slots, sharing the buffer of claimed, unstarted tasks."""
+    """One run's fetcher and slots, sharing the buffer of claimed, unstarted tasks.
+
+    The buffer holds what the slots finish in `RESERVE_SECONDS` (measured as they go),
+    so fast tasks are claimed in full batches, with the next one already on its way,
+    and slow ones one free slot at a time: nothing is hoarded that another worker
+    could run.
+    """
 
     def __init__(
         self, worker: AsyncWorker, executor: Executor, leases: Leases, completer: Completer
@@ -130,11 +145,18 @@ class _Dispatch:
         self._stopping = worker._stopping
         self._progress = worker._progress
         self._ready: asyncio.Queue[Task | None] = asyncio.Queue()
-        self._running = 0
+        self._running = 0  # tasks the slots are running
+        self._claiming = 0  # tasks asked for by the claims in flight
+        self._finished = 0  # runs ended since `_measured_at`
+        self._measured_at = time.monotonic()
+        self._reserve = 0  # tasks to keep waiting in the buffer
+        self._found_none = False  # the last claim to finish found nothing due
 
     async def run(self, burst: bool) -> None:
         worker = self._worker
-        slots = [asyncio.ensure_future(self._slot()) for _ in range(worker.concurrency)]
+        slots = [
+            asyncio.ensure_future(bridge.spawn(self._serve_slot)) for _ in range(worker.concurrency)
+        ]
         listener = task_listener(self._executor.backend, worker.poll_interval)
         await bridge.spawn(listener.__enter__)
         try:
@@ -148,62 +170,109 @@ class _Dispatch:
             await bridge.spawn(listener.close)
 
     async def _fetch(self, listener: Listener, burst: bool) -> None:
-        worker = self._worker
-        size = BatchSize(worker.batch_size)
-        last_claim = time.monotonic()
-        while not self._stopping.is_set():
-            # Enough to fill the free slots and keep `size` waiting: fast tasks grow it
-            # (few claims per task), slow ones shrink it (no hoarding what others could run).
-            free = worker.concurrency - self._running - self._ready.qsize()
-            limit = min(free + size.size, worker.batch_size)
-            if limit <= 0:
+        """Claim as slots free up and the buffer runs low; idle, wait for a NOTIFY."""
+        claims: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                if self._found_none:  # nothing is due: wait for the claims out, then a NOTIFY
+                    if not claims:
+                        if burst:
+                            return
+                        await self._wait_for_work(listener)
+                        self._found_none = False
+                        continue
+                elif len(claims) < CLAIMS_IN_FLIGHT and (limit := self._claim_size()):
+                    self._claiming += limit
+                    claims.add(asyncio.ensure_future(self._claim(limit)))
+                    continue
                 self._progress.clear()
                 await self._progress.wait()
-                continue
-            try:
-                tasks = await bridge.spawn(self._completer.claim, limit, worker.lease)
-            except (DBAPIError, SQLAlchemyTimeoutError) as exc:
-                # The database went away or the pool is full: held tasks are safe
-                # under their leases meanwhile.
-                log.warning("database error in the worker loop (%s); retrying", exc)
-                await self._pause(RECONNECT_DELAY)
-                continue
-            now = time.monotonic()
-            if tasks:
-                size.update(len(tasks), now - last_claim)
-                last_claim = now
-                self._leases.hold(tasks[0].token, [task.id for task in tasks])
-                for task in tasks:
-                    self._ready.put_nowait(task)
-                continue
-            if burst:
-                return
-            try:
-                backend = self._executor.backend
-                wait = await bridge.spawn(idle_seconds, backend, worker.poll_interval)
-                await bridge.spawn(listener.wait, wait, self._stopping)
-            except (DBAPIError, SQLAlchemyTimeoutError) as exc:
-                log.warning("database error in the worker loop (%s); retrying", exc)
-                await self._pause(RECONNECT_DELAY)
+                claims = {claim for claim in claims if not claim.done()}
+        finally:
+            await asyncio.gather(*claims)  # what they claim is run, or put back
 
-    async def _slot(self) -> None:
-        while (task := await self._ready.get()) is not None:
+    def _claim_size(self) -> int:
+        """How many tasks to claim now (0: not yet)."""
+        worker = self._worker
+        coming = self._ready.qsize() + self._claiming
+        idle = worker.concurrency - self._running - coming  # slots that would wait
+        wanted = min(idle + self._reserve, worker.batch_size)
+        # At once for a slot that would wait; else refill the reserve in large batches.
+        return wanted if idle > 0 or wanted >= worker.batch_size // 2 else 0
+
+    async def _claim(self, limit: int) -> None:
+        try:
+            tasks = await bridge.spawn(self._completer.claim, limit, self._worker.lease)
+        except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+            # The database went away or the pool is full: held tasks are safe under
+            # their leases meanwhile.
+            log.warning("database error in the worker loop (%s); retrying", exc)
+            await asyncio.sleep(RECONNECT_DELAY)
+            tasks = []
+        else:
+            self._found_none = not tasks
+        finally:
+            self._claiming -= limit
+            self._progress.set()
+        if tasks:
+            self._leases.hold(tasks[0].token, [task.id for task in tasks])
+            for task in tasks:
+                self._ready.put_nowait(task)
+
+    async def _wait_for_work(self, listener: Listener) -> None:
+        try:
+            backend = self._executor.backend
+            wait = await bridge.spawn(idle_seconds, backend, self._worker.poll_interval)
+            await bridge.spawn(listener.wait, wait, self._stopping)
+        except (DBAPIError, SQLAlchemyTimeoutError) as exc:
+            log.warning("database error in the worker loop (%s); retrying", exc)
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    def _serve_slot(self) -> None:
+        """One slot: runs tasks from the buffer one at a time until it gets None.
+
+        Sync code in one bridged greenlet for the whole run: a task costs a switch to
+        await its handler, not a greenlet of its own.
+        """
+        executor, leases, completer = self._executor, self._leases, self._completer
+        ready, timeout = self._ready, self._worker.timeout
+        next_turn = time.monotonic() + TURN_SECONDS
+        while (
+            task := ready.get_nowait() if ready.qsize() else bridge.wait_for(ready.get())
+        ) is not None:
             self._running += 1
             try:
-                outcome = await bridge.spawn(self._executor.run_claimed, task, self._worker.timeout)
+                outcome = executor.run_claimed(task, timeout)
             except (DBAPIError, SQLAlchemyTimeoutError) as exc:
                 # Its outcome could not be recorded: no longer renewed, its lease expires
                 # and the task runs again, counted.
                 log.warning("task %s: database error (%s); it will run again", task.id, exc)
-                self._leases.drop(task.token, [task.id])
+                leases.drop(task.token, [task.id])
             except Exception:
                 log.exception("task %s: unexpected error; it will run again", task.id)
-                self._leases.drop(task.token, [task.id])
+                leases.drop(task.token, [task.id])
             else:
-                self._completer.settle(task, outcome)
+                completer.settle(task, outcome)
             finally:
                 self._running -= 1
+                self._measure()
                 self._progress.set()
+            if (now := time.monotonic()) >= next_turn:
+                # A turn for the rest of the loop (the fetcher, a claim's answer, the
+                # heartbeat, the application's own tasks), which tasks that never await
+                # would otherwise keep waiting until the buffer runs dry.
+                bridge.wait_for(asyncio.sleep(0))
+                next_turn = now + TURN_SECONDS
+
+    def _measure(self) -> None:
+        """Size the reserve from the rate at which the slots finish tasks."""
+        self._finished += 1
+        elapsed = time.monotonic() - self._measured_at
+        if elapsed >= RESERVE_SECONDS:
+            rate = self._finished / elapsed
+            limit = CLAIMS_IN_FLIGHT * self._worker.batch_size
+            self._reserve = min(int(rate * RESERVE_SECONDS), limit)
+            self._finished, self._measured_at = 0, time.monotonic()
 
     async def _release_unstarted(self) -> None:
         """Put claimed tasks that never started back, untouched."""
@@ -218,8 +287,3 @@ class _Dispatch:
             except (DBAPIError, SQLAlchemyTimeoutError) as exc:
                 log.warning("could not put tasks back (%s); their leases will expire", exc)
             self._leases.drop(token, ids)
-
-    async def _pause(self, seconds: float) -> None:
-        self._progress.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._progress.wait(), seconds)
