@@ -45,6 +45,16 @@ AsyncBind = AsyncEngine | async_sessionmaker[AsyncSession] | URL | str
 #: What `session=` accepts: the caller's transaction.
 Caller = Session | scoped_session[Session] | Connection
 AsyncCaller = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
+#: Every kind of caller's transaction, sync or async. `listen(tag, s)` (q4pg style) takes
+#: any of them for the session, so that the wrong kind is refused as a session, not a timeout.
+ANY_CALLER = (
+    Session,
+    scoped_session,
+    Connection,
+    AsyncSession,
+    async_scoped_session,
+    AsyncConnection,
+)
 
 
 def engine_from_url(url: str | URL) -> Engine:

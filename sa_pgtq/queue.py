@@ -15,13 +15,12 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session, scoped_session
 
 from . import consuming, gateway, validation
 from .backend import Backend
-from .binding import Bind, Binding, Caller, check_caller
+from .binding import ANY_CALLER, Bind, Binding, Caller, check_caller
 from .consuming import Rules
 from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, Executor
@@ -187,7 +186,7 @@ class Queue:
     def _listen(
         self, tag: str, timeout: object, session: object, present: Callable[[MessageRow], Any]
     ) -> consuming.Listening:
-        if isinstance(timeout, (Session, scoped_session, Connection)):
+        if isinstance(timeout, ANY_CALLER):
             timeout, session = None, timeout  # q4pg style: the session passed positionally last
         seconds = validation.check_timeout(timeout)
         checked = validation.check_name(tag)  # now, not at the first next()

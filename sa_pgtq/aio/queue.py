@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_scoped_session
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import bridge, validation
-from ..binding import AsyncBind, AsyncCaller, Binding, sync_caller
+from ..binding import ANY_CALLER, AsyncBind, AsyncCaller, Binding, sync_caller
 from ..execution import Executor
 from ..handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, HandlerRegistry, P, R
 from ..models import JobMixin
@@ -239,7 +239,7 @@ class AsyncQueue:
         timeout: object,
         session: object,
     ) -> AsyncListening:
-        if isinstance(timeout, (AsyncSession, async_scoped_session, AsyncConnection)):
+        if isinstance(timeout, ANY_CALLER):
             timeout, session = None, timeout  # q4pg style: the session passed positionally last
         seconds = validation.check_timeout(timeout)
         return AsyncListening(listen(tag, seconds, sync_caller(session)))
