@@ -9,6 +9,7 @@ worker took the task over) can no longer complete or fail it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -293,7 +294,8 @@ async def _on_the_loop(func: Callable[..., Any], context: JobContext, limit: flo
     if inspect.iscoroutinefunction(func):
         call = func(*task.args, **task.kwargs)
     else:
-        call = asyncio.to_thread(func, *task.args, **task.kwargs)
+        run = functools.partial(func, *task.args, **task.kwargs)
+        call = bridge.in_thread(run, name=f"sa_pgtq-handler-{task.id}")
     if limit is None:
         return await call
     running = asyncio.ensure_future(call)
