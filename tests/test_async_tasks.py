@@ -399,17 +399,21 @@ def test_context_functions_outside_a_task_are_a_clear_error() -> None:
 # -- the worker ------------------------------------------------------------------
 
 
-def test_forty_sleeping_tasks_run_side_by_side(async_url: str) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_forty_sleeping_tasks_run_side_by_side(async_url: str, kind: str) -> None:
     ran: list[int] = []
+
+    async def nap_async(n: int) -> None:
+        await asyncio.sleep(0.5)
+        ran.append(n)
+
+    def nap_in_a_thread(n: int) -> None:
+        time.sleep(0.5)  # a thread each: no pool caps the worker's concurrency
+        ran.append(n)
 
     async def main() -> float:
         async with queue_on(async_url) as q:
-
-            @q.handler()
-            async def nap(n: int) -> None:
-                await asyncio.sleep(0.5)
-                ran.append(n)
-
+            nap = q.handler(name="nap")(nap_async if kind == "async def" else nap_in_a_thread)
             await nap.push_many([(n,) for n in range(40)])
             began = time.monotonic()
             await burst(q, concurrency=40)
@@ -484,23 +488,35 @@ def test_a_run_past_its_timeout_is_cancelled_and_fails(async_url: str, limit: st
     asyncio.run(main())
 
 
-def test_a_plain_def_past_its_timeout_fails_without_blocking_the_loop(async_url: str) -> None:
-    released = threading.Event()
+def test_plain_defs_past_their_timeout_cost_a_thread_not_a_slot(async_url: str) -> None:
+    # More hung handlers than a default thread pool has threads (32 at most).
+    hung, quick = 33, 40
+    started: list[int] = []
+    release = threading.Event()
 
-    def hangs() -> None:
-        released.wait(5)
+    def hangs(n: int) -> None:
+        started.append(n)
+        release.wait(3)
 
     async def main() -> None:
         async with queue_on(async_url) as q:
-            await q.handler(max_attempts=1, timeout=0.2)(hangs).push()
-            began = time.monotonic()
-            await burst(q)
-            assert time.monotonic() - began < 1.0
-            [(state, _, error)] = await jobs(q.engine)
-            assert state == "failed" and "TaskTimeoutError" in error
-            released.set()  # so that asyncio.run's executor shutdown need not wait
+            await q.handler(max_attempts=1, timeout=0.2)(hangs).push_many(
+                [(n,) for n in range(hung)]
+            )
+            await q.handler()(started.append).push(quick)
+            await burst(q, concurrency=hung)
+            assert sorted(started) == [*range(hung), quick], "each began, the quick one too"
+            failed = await jobs(q.engine)
+            assert len(failed) == hung
+            assert all(state == "failed" and "TaskTimeoutError" in e for state, _, e in failed)
 
-    asyncio.run(main())
+    began = time.monotonic()
+    try:
+        asyncio.run(main())
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert took < 2, "the hung threads kept neither the worker nor asyncio.run from returning"
 
 
 @pytest.mark.parametrize("caller", ["task", "thread"])
