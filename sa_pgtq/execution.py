@@ -49,6 +49,8 @@ from .tasks import Outcome, Task
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 30.0  # seconds a claim stays valid without a heartbeat
+#: Seconds an async handler past its timeout is given to act on its cancellation.
+CANCEL_GRACE = 1.0
 _HOST = socket.gethostname()
 
 #: A claim token and its finished tasks, to be removed together.
@@ -302,6 +304,9 @@ async def _on_the_loop(func: Callable[..., Any], context: JobContext, limit: flo
     done, _ = await asyncio.wait({running}, timeout=limit)
     if not done:
         running.cancel()
+        # Its cancellation runs before its session is rolled back: a query of its own
+        # still in flight would otherwise break that connection, and the failure with it.
+        await asyncio.wait({running}, timeout=CANCEL_GRACE)
         raise context.timeout_error()
     return running.result()
 
