@@ -452,8 +452,11 @@ def test_failures_retry_with_backoff_then_stay_failed(async_url: str) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("hung_in", ["asyncio.sleep", "a query"])
 @pytest.mark.parametrize("limit", ["handler", "worker"])
-def test_a_run_past_its_timeout_is_cancelled_and_fails(async_url: str, limit: str) -> None:
+def test_a_run_past_its_timeout_is_cancelled_and_fails(
+    async_url: str, limit: str, hung_in: str
+) -> None:
     seen: list[str] = []
 
     async def main() -> None:
@@ -463,7 +466,10 @@ def test_a_run_past_its_timeout_is_cancelled_and_fails(async_url: str, limit: st
             async def hangs(n: int) -> None:
                 await write_effect(n)
                 try:
-                    await asyncio.sleep(5)
+                    if hung_in == "a query":
+                        await sa_pgtq.current_async_session().execute(text("SELECT pg_sleep(5)"))
+                    else:
+                        await asyncio.sleep(5)
                 except asyncio.CancelledError:
                     seen.append("cancelled")
                     raise
