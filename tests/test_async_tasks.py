@@ -294,38 +294,6 @@ def test_pop_in_the_callers_async_session(async_url: str) -> None:
     asyncio.run(main())
 
 
-def test_a_popped_task_keeps_its_lease_while_it_runs(async_url: str) -> None:
-    runs: list[str] = []
-
-    async def main() -> None:
-        async with queue_on(async_url) as q:
-
-            @q.handler()
-            async def long() -> None:
-                runs.append("pop")
-                await asyncio.sleep(1.6)  # past three leases of 0.5 s
-
-            await long.push()
-            task = await q.pop(lease=0.5)
-            assert task is not None
-            running = asyncio.ensure_future(task.run())
-
-            other = sa_pgtq.AsyncQueue(q.engine, name="aio")
-
-            @other.handler(name="long")
-            async def long_elsewhere() -> None:
-                runs.append("worker")
-
-            while not running.done():  # a worker beside it rescues whatever lease expires
-                await burst(other, lease=0.5)
-                await asyncio.sleep(0.1)
-            assert await running is True
-            assert runs == ["pop"]
-            assert await jobs(q.engine) == []
-
-    asyncio.run(main())
-
-
 # -- the handler's context -------------------------------------------------------
 
 
@@ -523,6 +491,49 @@ def test_plain_defs_past_their_timeout_cost_a_thread_not_a_slot(async_url: str) 
     finally:
         release.set()
     assert took < 2, "the hung threads kept neither the worker nor asyncio.run from returning"
+
+
+@pytest.mark.parametrize(
+    ("run", "kind"),
+    [("task.run()", "async def"), ("AsyncWorker", "async def"), ("AsyncWorker", "def")],
+)
+def test_a_running_task_keeps_its_lease(async_url: str, run: str, kind: str) -> None:
+    runs: list[str] = []
+
+    async def long_on_the_loop() -> None:
+        runs.append("first")
+        await asyncio.sleep(1.2)  # past three leases of 0.4 s
+
+    def long_in_a_thread() -> None:
+        runs.append("first")
+        time.sleep(1.2)
+
+    async def main() -> None:
+        async with queue_on(async_url) as q:
+            long = long_on_the_loop if kind == "async def" else long_in_a_thread
+            await q.handler(name="long")(long).push()
+            if run == "task.run()":
+                task = await q.pop(lease=0.4)
+                assert task is not None
+                running = asyncio.ensure_future(task.run())
+            else:
+                running = asyncio.ensure_future(burst(q, lease=0.4))
+            while not runs:
+                await asyncio.sleep(0.01)
+            other = sa_pgtq.AsyncQueue(q.engine, name="aio")
+
+            @other.handler(name="long")
+            async def long_elsewhere() -> None:
+                runs.append("second")
+
+            while not running.done():  # a worker beside it rescues whatever lease expires
+                await burst(other, lease=0.4)
+                await asyncio.sleep(0.1)
+            assert await running in (True, None)
+            assert runs == ["first"], "renewed while it ran: never taken over"
+            assert await jobs(q.engine) == []
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("caller", ["task", "thread"])
