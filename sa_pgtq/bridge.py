@@ -11,6 +11,8 @@ which world they run in: the queue's engine is an async one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -58,3 +60,36 @@ def run_aside(func: Callable[[], None], name: str, asynchronous: bool) -> None:
 def spawn(func: Callable[..., T], *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
     """Run sync sa_pgtq code from a coroutine, its database calls awaited on the event loop."""
     return greenlet_spawn(func, *args, **kwargs)
+
+
+async def in_thread(func: Callable[..., T], *args: Any, name: str) -> T:
+    """Await `func(*args)` run in a daemon thread of its own (with the caller's context).
+
+    Unlike `asyncio.to_thread`, no pool caps how many run at once, and a call that
+    never returns holds no pool's thread: once its awaiting is cancelled (a timeout)
+    it costs that thread alone, which keeps neither the loop's other calls waiting
+    nor `asyncio.run` from returning.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile: nobody waits for it any more
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = context.run(func, *args)
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future

