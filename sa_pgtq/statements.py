@@ -266,7 +266,9 @@ class Statements:
         table, c = self.table, self.table.c
         queue = bindparam("queue_name", type_=Text)
         token = bindparam("token", type_=Text)
-        ids = bindparam("ids", type_=ARRAY(BigInteger))
+        # Cast explicitly: asyncpg infers no type for `$n IS NULL` (requeue_failed), and
+        # SQLAlchemy 2.0.0 renders no cast of its own for array parameters.
+        ids = cast(bindparam("ids", type_=ARRAY(BigInteger)), ARRAY(BigInteger))
         lease_end = func.clock_timestamp() + bindparam("lease", type_=Interval)
         waiting_tasks = and_(c.queue == queue, c.kind == const(TASK), c.state == const(QUEUED))
         # A claim's token is set with `running` and cleared by every way out of it, so the

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, Table, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
+from sa_pgtq import errors
 from sa_pgtq.embedded import EmbeddedServer
 
 DRIVERS = ("psycopg2", "psycopg")
@@ -36,6 +37,16 @@ def fresh_tables(engine: Engine, *tables: Table) -> None:
 
 def engine_for(db_url: str, driver: str) -> Engine:
     return create_engine(make_url(db_url).set(drivername=f"postgresql+{driver}"))
+
+
+#: Pushes refused before anything is written: (the call, the error it raises).
+BAD_CALLS = [
+    ((object(),), errors.DataNotSerializableError),
+    ((float("nan"),), errors.DataNotSerializableError),
+    ((1, 2), errors.TaskArgumentsError),
+    ({"nope": 1}, errors.TaskArgumentsError),
+    (2, errors.TaskArgumentsError),  # neither a tuple nor a dict
+]
 
 
 def async_url_for(db_url: str, driver: str) -> str:
@@ -163,3 +174,13 @@ def stop_all(workers: list[subprocess.Popen[bytes]]) -> None:
         wait_ready(worker)  # a replacement may still be starting up
         worker.send_signal(signal.SIGTERM)
     assert [worker.wait(30) for worker in workers] == [0] * len(workers), "they ran on"
+
+
+def assert_a_second_sigterm_exits_at_once(worker: subprocess.Popen[bytes], app: Engine) -> None:
+    """With a task in hand: the first SIGTERM waits for it, the second exits, task left held."""
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert worker.poll() is None, "the first signal waits for the task in hand"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(1.5) == 128 + signal.SIGTERM
+    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'running'") == 1

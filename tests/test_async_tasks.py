@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from helpers import BAD_CALLS
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -158,13 +159,7 @@ def test_options_session_pushes_commit_or_roll_back_with_the_caller(
 
 @pytest.mark.parametrize(
     ("call", "error"),
-    [
-        ((object(),), errors.DataNotSerializableError),
-        ((float("nan"),), errors.DataNotSerializableError),
-        ((1, 2), errors.TaskArgumentsError),
-        ({"nope": 1}, errors.TaskArgumentsError),
-        (2, errors.TaskArgumentsError),  # neither a tuple nor a dict
-    ],
+    BAD_CALLS,
 )
 def test_bad_arguments_raise_before_anything_is_written(
     async_url: str, call: object, error: type[Exception]

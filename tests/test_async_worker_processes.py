@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 import signal
 import subprocess
-import time
 from types import ModuleType
 
 import pytest
 from helpers import (
     ASYNC_DRIVERS,
     Spawn,
+    assert_a_second_sigterm_exits_at_once,
     assert_each_ran_once,
     async_url_for,
     count,
@@ -71,12 +71,7 @@ def test_a_second_sigterm_exits_at_once_leaving_the_task_to_its_lease(
     workerapp.slow.push(4, 60.0)  # hung, as far as anyone can tell
     worker = spawn(async_url, "--lease", "2", app=APP)
     wait_for(lambda: started(app) == 1, 30)
-    worker.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert worker.poll() is None, "the first signal waits for the task in hand"
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(1.5) == 128 + signal.SIGTERM
-    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'running'") == 1
+    assert_a_second_sigterm_exits_at_once(worker, app)
 
 
 @pytest.mark.slow

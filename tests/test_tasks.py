@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from helpers import fresh_tables
+from helpers import BAD_CALLS, fresh_tables
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, select, text
 from sqlalchemy.orm import Session
 
@@ -95,13 +95,7 @@ def test_no_parameter_name_is_reserved(tq: sa_pgtq.Queue, clean: Engine) -> None
 
 @pytest.mark.parametrize(
     ("call", "error"),
-    [
-        ((object(),), errors.DataNotSerializableError),
-        ((float("nan"),), errors.DataNotSerializableError),
-        ((1, 2), errors.TaskArgumentsError),
-        ({"nope": 1}, errors.TaskArgumentsError),
-        (2, errors.TaskArgumentsError),  # neither a tuple nor a dict
-    ],
+    BAD_CALLS,
 )
 def test_bad_arguments_raise_before_anything_is_written(
     tq: sa_pgtq.Queue, call: object, error: type

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import signal
-import time
 from types import ModuleType
 
 import pytest
-from helpers import Spawn, count, run_record_jobs, wait_for
+from helpers import Spawn, assert_a_second_sigterm_exits_at_once, count, run_record_jobs, wait_for
 from sqlalchemy import Engine, select
 
 
@@ -68,9 +67,4 @@ def test_a_second_sigterm_exits_at_once_leaving_the_task_to_its_lease(
         workerapp.stuck.push(4)
     worker = spawn(db_url, "--lease", "2")
     wait_for(lambda: count(app, "SELECT count(*) FROM proc_started") == 1, 30)
-    worker.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert worker.poll() is None, "the first signal waits for the task in hand"
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(1.5) == 128 + signal.SIGTERM
-    assert count(app, "SELECT count(*) FROM sa_pgtq_jobs WHERE state = 'running'") == 1
+    assert_a_second_sigterm_exits_at_once(worker, app)

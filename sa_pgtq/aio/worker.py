@@ -49,32 +49,14 @@ RESERVE_SECONDS = 0.05
 TURN_SECONDS = 0.001
 
 
-class AsyncWorker(BaseWorker):
-    """Runs an `AsyncQueue`'s tasks, `concurrency` at a time, on the running event loop."""
+class AsyncWorker(BaseWorker[AsyncQueue]):
+    """Runs an `AsyncQueue`'s tasks, `concurrency` at a time, on the running event loop.
 
-    def __init__(
-        self,
-        queue: AsyncQueue,
-        *,
-        concurrency: int = 1,
-        batch_size: int = 100,
-        lease: float | None = None,
-        poll_interval: float | None = None,
-        timeout: float | None = None,
-        install_signal_handlers: bool = True,
-    ) -> None:
-        super().__init__(
-            queue.poll_interval,
-            concurrency=concurrency,
-            batch_size=batch_size,
-            lease=lease,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            install_signal_handlers=install_signal_handlers,
-        )
-        self.queue = queue
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._progress: asyncio.Event | None = None  # a slot freed, or stop() was called
+    Options are `Worker`'s.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _progress: asyncio.Event | None = None  # a slot freed, a claim landed, or stop()
 
     def stop(self) -> None:
         """Finish the tasks in hand, put back the claimed but unstarted rest, and return.

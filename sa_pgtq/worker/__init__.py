@@ -34,30 +34,13 @@ __all__ = ["Worker", "main_loop"]
 log = logging.getLogger(__name__)
 
 
-class Worker(BaseWorker):
-    """Runs a queue's tasks; `concurrency` producers each claim and run batches."""
+class Worker(BaseWorker[Queue]):
+    """Runs a queue's tasks; `concurrency` producers each claim and run batches.
 
-    def __init__(
-        self,
-        queue: Queue,
-        *,
-        concurrency: int = 1,
-        batch_size: int = 100,
-        lease: float | None = None,
-        poll_interval: float | None = None,
-        timeout: float | None = None,
-        install_signal_handlers: bool = True,
-    ) -> None:
-        super().__init__(
-            queue.poll_interval,
-            concurrency=concurrency,
-            batch_size=batch_size,
-            lease=lease,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            install_signal_handlers=install_signal_handlers,
-        )
-        self.queue = queue
+    Options: `concurrency`, `batch_size` (most tasks claimed at once), `lease`
+    (seconds), `poll_interval`, `timeout` (seconds a task may run when its handler
+    sets none), `install_signal_handlers`.
+    """
 
     def run(self, burst: bool = False) -> None:
         """Run tasks until `stop()` (or a signal); with `burst`, until nothing is due."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Generic, Protocol, TypeVar
 
 from .. import validation
 from ..execution import DEFAULT_LEASE
@@ -12,25 +13,34 @@ from ..execution import DEFAULT_LEASE
 log = logging.getLogger(__name__)
 
 
-class BaseWorker:
-    """A worker's checked options, and the graceful stop a first SIGTERM/SIGINT asks for."""
+class _Queue(Protocol):
+    @property
+    def poll_interval(self) -> float: ...
+
+
+Q = TypeVar("Q", bound=_Queue)
+
+
+class BaseWorker(Generic[Q]):
+    """A worker's queue and checked options, and the graceful stop a first signal asks for."""
 
     def __init__(
         self,
-        queue_poll_interval: float,
+        queue: Q,
         *,
-        concurrency: int,
-        batch_size: int,
-        lease: float | None,
-        poll_interval: float | None,
-        timeout: float | None,
-        install_signal_handlers: bool,
+        concurrency: int = 1,
+        batch_size: int = 100,
+        lease: float | None = None,
+        poll_interval: float | None = None,
+        timeout: float | None = None,
+        install_signal_handlers: bool = True,
     ) -> None:
+        self.queue = queue
         self.concurrency = validation.check_count(concurrency, "concurrency")
         self.batch_size = validation.check_count(batch_size, "batch_size")
         self.lease = validation.check_timeout(lease, "lease") or DEFAULT_LEASE
         self.poll_interval = (
-            validation.check_timeout(poll_interval, "poll_interval") or queue_poll_interval
+            validation.check_timeout(poll_interval, "poll_interval") or queue.poll_interval
         )
         #: Seconds a task may run when its handler sets no timeout (None: no limit).
         self.timeout = validation.check_timeout(timeout, "timeout")
