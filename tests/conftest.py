@@ -13,8 +13,9 @@ from types import ModuleType
 
 import pytest
 from helpers import ASYNC_DRIVERS, DRIVERS, Spawn, async_url_for, engine_for
+from pgbouncer import pgbouncer
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 import sa_pgtq
 from sa_pgtq.embedded import EmbeddedServer, database_url, embedded_server
@@ -150,3 +151,26 @@ def own_engine(own_server: EmbeddedServer) -> Iterator[Engine]:
         conn.execute(text("CREATE TABLE proc_started (n int, pid int)"))
     yield eng
     eng.dispose()
+
+
+# -- PgBouncer (test_pgbouncer.py, test_pgbouncer_async.py) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def bouncer_url(db_url: str) -> Iterator[URL]:
+    """A PgBouncer in transaction mode in front of the test database, for the module."""
+    with pgbouncer(db_url) as url:
+        yield url
+
+
+@pytest.fixture
+def bouncer_tables(db_url: str) -> Iterator[Engine]:
+    """A direct engine, with an empty queue table and an empty application table."""
+    engine = engine_for(db_url, "psycopg2")
+    sa_pgtq.Queue(engine).create_table()
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE sa_pgtq_jobs"))
+        conn.execute(text("CREATE TABLE IF NOT EXISTS bouncer_orders (id int PRIMARY KEY)"))
+        conn.execute(text("TRUNCATE bouncer_orders"))
+    yield engine
+    engine.dispose()

@@ -22,6 +22,13 @@ from sa_pgtq.embedded import EmbeddedServer
 DRIVERS = ("psycopg2", "psycopg")
 #: The asyncio API's drivers: every async test runs on each.
 ASYNC_DRIVERS = ("asyncpg", "psycopg")
+#: Each driver's `connect_args` behind PgBouncer in transaction mode, as the README says:
+#: no statement prepared in one transaction (or one Sync) and executed in another.
+POOLER_CONNECT_ARGS: dict[str, dict[str, Any]] = {
+    "psycopg2": {},
+    "psycopg": {"prepare_threshold": None},
+    "asyncpg": {"statement_cache_size": 0},
+}
 
 #: Starts `sa-pgtq worker workerapp:q` on a database URL (the `spawn` fixture).
 Spawn = Callable[..., "subprocess.Popen[bytes]"]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import URL, make_url
 from tcpproxy import upstream_address
 
@@ -28,6 +29,12 @@ def binary() -> str | None:
     return shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
     )
+
+
+#: A test module's `pytestmark` when it starts a PgBouncer.
+requires_pgbouncer = pytest.mark.skipif(
+    binary() is None, reason="needs Debian's pgbouncer (.ci/run installs it)"
+)
 
 
 @contextmanager

@@ -16,45 +16,33 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-from helpers import DRIVERS, Spawn, dequeue_concurrently, engine_for, next_within, run_record_jobs
-from pgbouncer import binary, pgbouncer
+from helpers import (
+    DRIVERS,
+    POOLER_CONNECT_ARGS,
+    Spawn,
+    dequeue_concurrently,
+    next_within,
+    run_record_jobs,
+)
+from pgbouncer import requires_pgbouncer
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 import sa_pgtq
 
-pytestmark = pytest.mark.skipif(
-    binary() is None, reason="needs Debian's pgbouncer (.ci/run installs it)"
-)
-
-
-@pytest.fixture(scope="module")
-def bouncer_url(db_url: str) -> Iterator[URL]:
-    with pgbouncer(db_url) as url:
-        yield url
-
-
-@pytest.fixture
-def direct(db_url: str) -> Iterator[Engine]:
-    """A direct engine, with an empty queue table and an empty application table."""
-    engine = engine_for(db_url, "psycopg2")
-    sa_pgtq.Queue(engine).create_table()
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE sa_pgtq_jobs"))
-        conn.execute(text("CREATE TABLE IF NOT EXISTS bouncer_orders (id int PRIMARY KEY)"))
-        conn.execute(text("TRUNCATE bouncer_orders"))
-    yield engine
-    engine.dispose()
+pytestmark = requires_pgbouncer
 
 
 @pytest.fixture(params=DRIVERS)
-def bounced(request: pytest.FixtureRequest, bouncer_url: URL, direct: Engine) -> Iterator[Engine]:
+def bounced(
+    request: pytest.FixtureRequest, bouncer_url: URL, bouncer_tables: Engine
+) -> Iterator[Engine]:
     """An engine through PgBouncer, configured as the README says."""
     driver = request.param
-    connect_args = {"prepare_threshold": None} if driver == "psycopg" else {}
     engine = create_engine(
-        bouncer_url.set(drivername=f"postgresql+{driver}"), connect_args=connect_args
+        bouncer_url.set(drivername=f"postgresql+{driver}"),
+        connect_args=POOLER_CONNECT_ARGS[driver],
     )
     yield engine
     engine.dispose()
