@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import random
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlalchemy.orm import Session, scoped_session
@@ -282,24 +281,22 @@ class Executor:
             raise WorkerLostError(
                 f"gave up after {handler.max_attempts} attempts: the last one never finished"
             )
-        if self.backend.binding.asynchronous:
-            return bridge.wait_for(_on_the_loop(handler.func, context, limit))
-        if inspect.iscoroutinefunction(handler.func):
-            # An async handler pushed by a sync app and run by a sync worker.
-            return asyncio.run(handler.func(*task.args, **task.kwargs))
-        return handler.func(*task.args, **task.kwargs)
+        if not self.backend.binding.asynchronous:
+            if handler.is_async:  # pushed by an async app, run by a sync worker
+                return asyncio.run(handler.func(*task.args, **task.kwargs))
+            return handler.func(*task.args, **task.kwargs)
+        # On the event loop: an async handler is awaited there, a plain one in a thread
+        # (the loop never blocks).
+        if handler.is_async:
+            call = handler.func(*task.args, **task.kwargs)
+        else:
+            run = functools.partial(handler.func, *task.args, **task.kwargs)
+            call = bridge.in_thread(run, name=f"sa_pgtq-handler-{task.id}")
+        return bridge.wait_for(call if limit is None else _within(call, limit, context))
 
 
-async def _on_the_loop(func: Callable[..., Any], context: JobContext, limit: float | None) -> Any:
-    """Await an async handler, or a plain one in a thread: the event loop never blocks."""
-    task = context.task
-    if inspect.iscoroutinefunction(func):
-        call = func(*task.args, **task.kwargs)
-    else:
-        run = functools.partial(func, *task.args, **task.kwargs)
-        call = bridge.in_thread(run, name=f"sa_pgtq-handler-{task.id}")
-    if limit is None:
-        return await call
+async def _within(call: Coroutine[Any, Any, Any], limit: float, context: JobContext) -> Any:
+    """Await `call`, cancelled after `limit` seconds (then TaskTimeoutError)."""
     running = asyncio.ensure_future(call)
     done, _ = await asyncio.wait({running}, timeout=limit)
     if not done:

@@ -40,6 +40,8 @@ class Handler(Generic[P, R]):
         self.retry_delay = retry_delay
         self.timeout = timeout  # seconds a run may take; None: the worker's default
         self.signature = inspect.signature(func)
+        #: An `async def`: awaited on the event loop (run with asyncio.run by a sync worker).
+        self.is_async = inspect.iscoroutinefunction(func)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
 
