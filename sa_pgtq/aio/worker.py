@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 import time
 from collections.abc import Iterator
 
@@ -90,10 +89,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        if (
-            not self.install_signal_handlers
-            or threading.current_thread() is not threading.main_thread()
-        ):
+        if not self._takes_signals():
             yield
             return
         assert self._loop is not None

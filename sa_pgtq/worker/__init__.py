@@ -82,10 +82,7 @@ class Worker(BaseWorker[Queue]):
 
     @contextmanager
     def _signals(self) -> Iterator[None]:
-        if (
-            not self.install_signal_handlers
-            or threading.current_thread() is not threading.main_thread()
-        ):
+        if not self._takes_signals():
             yield
             return
 

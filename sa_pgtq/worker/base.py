@@ -51,6 +51,12 @@ class BaseWorker(Generic[Q]):
         """Finish the tasks in hand, put back the claimed but unstarted rest, and return."""
         self._stopping.set()
 
+    def _takes_signals(self) -> bool:
+        # Only the main thread may install signal handlers.
+        return (
+            self.install_signal_handlers and threading.current_thread() is threading.main_thread()
+        )
+
     def _on_signal(self, signum: int) -> None:
         if self._stopping.is_set():
             # A second signal: the tasks in hand are left to their leases (another
