@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session
+from tcpproxy import TcpProxy
 
 import sa_pgtq
 from sa_pgtq import errors
@@ -582,3 +583,32 @@ def test_bad_input_is_refused_before_anything_is_written(
         assert await q.dequeue_immediate("t") == "already there"
 
     run(async_url, body)
+
+
+def test_a_silently_dead_listen_connection_is_cut_and_replaced(async_url: str) -> None:
+    # As for the sync listener (test_listen.py): the LISTEN connection goes through a
+    # proxy that then black-holes it, so only the ping's deadline can tell. asyncpg's
+    # connection is aborted on its own loop, psycopg's socket shut down.
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        with TcpProxy(async_url) as proxy:
+            q = sa_pgtq.AsyncQueue(engine, poll_interval=2, listen_bind=proxy.url)
+
+            async def arrives_in(data: str, seconds: float) -> float:
+                later = asyncio.get_running_loop().call_later
+                later(0.3, lambda: asyncio.ensure_future(q.enqueue("t", data)))
+                started = time.monotonic()
+                assert await asyncio.wait_for(messages.__anext__(), seconds) == data
+                return time.monotonic() - started
+
+            async with q.listen("t", timeout=60) as messages:
+                await arrives_in("before", 10)
+                assert proxy.connections == 1
+                proxy.freeze()
+                assert await arrives_in("during", 20) < 8, "the dead connection held listen up"
+                await arrives_in("after", 10)
+                assert proxy.connections == 2, "a new LISTEN connection"
+                assert await arrives_in("woken", 10) < 1.5, "woken by NOTIFY, not the 2 s poll"
+        await engine.dispose()
+
+    asyncio.run(main())
