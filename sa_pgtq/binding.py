@@ -245,7 +245,12 @@ class DedicatedConnection:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             with suppress(Exception):  # already broken: nothing left to release
+                dbapi: Any = conn.connection.dbapi_connection
                 conn.close()
+                # SQLAlchemy leaves a detached connection of an async driver without
+                # `terminate` (psycopg's) open, to the garbage collector: close it here.
+                if not getattr(dbapi, "closed", True):
+                    dbapi.close()
 
 
 @contextmanager

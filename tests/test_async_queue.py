@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import math
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -612,3 +614,23 @@ def test_a_silently_dead_listen_connection_is_cut_and_replaced(async_url: str) -
         await engine.dispose()
 
     asyncio.run(main())
+
+
+def test_listening_closes_its_connection_rather_than_leaving_it_to_the_collector(
+    async_url: str,
+) -> None:
+    # SQLAlchemy does not close a detached connection of psycopg's async driver (it has
+    # no terminate); left to the garbage collector, psycopg warns (an error under -W error).
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        q = sa_pgtq.AsyncQueue(engine)
+        await q.enqueue("t", 1)
+        async with q.listen("t", timeout=0.1) as messages:
+            assert await messages.__anext__() == 1
+        await engine.dispose()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(main())
+        gc.collect()
+    assert [w for w in caught if "deleted while still open" in str(w.message)] == []
