@@ -166,19 +166,20 @@ class Queue:
     # -- listen --------------------------------------------------------------
 
     def listen(
-        self, tag: str, timeout: float | None = None, session: Caller | None = None
+        self, tag: str, timeout: float | Caller | None = None, session: Caller | None = None
     ) -> consuming.Listening:
         """Yield message data as it arrives, woken by NOTIFY (no busy polling).
 
         Each message is held in a transaction while the loop body runs and removed
         when the next one is asked for. Leaving the loop (break or exception)
         returns the current message untouched. Yields None after `timeout` quiet
-        seconds, then keeps listening.
+        seconds, then keeps listening. A session passed second (q4pg's
+        `listen(tag, session)`) is taken as `session`.
         """
         return self._listen(tag, timeout, session, message_data)
 
     def listen_item(
-        self, tag: str, timeout: float | None = None, session: Caller | None = None
+        self, tag: str, timeout: float | Caller | None = None, session: Caller | None = None
     ) -> consuming.Listening:
         """Like `listen`, yielding whole `Job` rows."""
         return self._listen(tag, timeout, session, self._job)

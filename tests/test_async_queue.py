@@ -442,7 +442,7 @@ def test_listen_in_the_callers_session(async_url: str) -> None:
         q = sa_pgtq.AsyncQueue(engine)
         await q.enqueue_many("t", ["x", "y"])
         async with AsyncSession(engine) as s:
-            async with q.listen("t", s) as messages:  # type: ignore[arg-type]  # q4pg style
+            async with q.listen("t", s) as messages:  # q4pg style
                 assert await anext(messages) == "x"
                 assert await anext(messages) == "y"
             assert await q.count("t") == 2, "not removed for others before the commit"

@@ -162,13 +162,19 @@ class AsyncQueue:
         return await self._run(session, self.sync.dequeue_item_immediate, tag)
 
     def listen(
-        self, tag: str, timeout: float | None = None, session: AsyncCaller | None = None
+        self,
+        tag: str,
+        timeout: float | AsyncCaller | None = None,
+        session: AsyncCaller | None = None,
     ) -> AsyncListening:
         """`async for data in q.listen(tag, timeout)`, with `Queue.listen`'s semantics."""
         return self._listen(self.sync.listen, tag, timeout, session)
 
     def listen_item(
-        self, tag: str, timeout: float | None = None, session: AsyncCaller | None = None
+        self,
+        tag: str,
+        timeout: float | AsyncCaller | None = None,
+        session: AsyncCaller | None = None,
     ) -> AsyncListening:
         """Like `listen`, yielding whole `Job` rows."""
         return self._listen(self.sync.listen_item, tag, timeout, session)
