@@ -84,8 +84,10 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
                 log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
                 await _Dispatch(self, executor, leases, completer).run(burst)
         finally:
-            await bridge.spawn(stop, heartbeat, rescuer)
+            # As the sync worker: the last acks go first, while the heartbeat still
+            # keeps the finished tasks' leases.
             await bridge.spawn(stop, completer, final=True)
+            await bridge.spawn(stop, heartbeat, rescuer)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -233,24 +235,25 @@ class _Dispatch:
                 completer.settle(task, outcome)
             finally:
                 self._running -= 1
-                self._measure()
+                now = time.monotonic()
+                self._measure(now)
                 self._progress.set()
-            if (now := time.monotonic()) >= next_turn:
+            if now >= next_turn:
                 # A turn for the rest of the loop (the fetcher, a claim's answer, the
                 # heartbeat, the application's own tasks), which tasks that never await
                 # would otherwise keep waiting until the buffer runs dry.
                 bridge.wait_for(asyncio.sleep(0))
                 next_turn = now + TURN_SECONDS
 
-    def _measure(self) -> None:
-        """Size the reserve from the rate at which the slots finish tasks."""
+    def _measure(self, now: float) -> None:
+        """Size the reserve from the rate at which the slots finish tasks (one just did)."""
         self._finished += 1
-        elapsed = time.monotonic() - self._measured_at
+        elapsed = now - self._measured_at
         if elapsed >= RESERVE_SECONDS:
             rate = self._finished / elapsed
             limit = CLAIMS_IN_FLIGHT * self._worker.batch_size
             self._reserve = min(int(rate * RESERVE_SECONDS), limit)
-            self._finished, self._measured_at = 0, time.monotonic()
+            self._finished, self._measured_at = 0, now
 
     async def _release_unstarted(self) -> None:
         """Put claimed tasks that never started back, untouched."""
