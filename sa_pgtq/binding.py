@@ -45,9 +45,8 @@ AsyncBind = AsyncEngine | async_sessionmaker[AsyncSession] | URL | str
 #: What `session=` accepts: the caller's transaction.
 Caller = Session | scoped_session[Session] | Connection
 AsyncCaller = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
-#: Every kind of caller's transaction, sync or async. `listen(tag, s)` (q4pg style) takes
-#: any of them for the session, so that the wrong kind is refused as a session, not a timeout.
-ANY_CALLER = (
+#: Every kind of caller's transaction, sync or async.
+_ANY_CALLER = (
     Session,
     scoped_session,
     Connection,
@@ -301,6 +300,15 @@ def check_caller(caller: object) -> None:
     """Refuse, before anything runs, what `join` could not run an operation in."""
     if caller is not None and not isinstance(caller, (Session, scoped_session, Connection)):
         raise _not_a_session(caller)
+
+
+def timeout_and_session(timeout: object, session: object) -> tuple[object, object]:
+    """`listen`'s timeout and session, q4pg's `listen(tag, session)` (the session second) too.
+
+    Any kind of session counts there, so that the wrong kind is refused as a session,
+    not as a timeout.
+    """
+    return (None, timeout) if isinstance(timeout, _ANY_CALLER) else (timeout, session)
 
 
 def sync_caller(caller: object) -> Caller | None:

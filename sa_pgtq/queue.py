@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 
 from . import consuming, gateway, validation
 from .backend import Backend
-from .binding import ANY_CALLER, Bind, Binding, Caller, check_caller
+from .binding import Bind, Binding, Caller, check_caller, timeout_and_session
 from .consuming import Rules
 from .errors import InvalidInputError
 from .execution import DEFAULT_LEASE, Executor
@@ -187,8 +187,7 @@ class Queue:
     def _listen(
         self, tag: str, timeout: object, session: object, present: Callable[[MessageRow], Any]
     ) -> consuming.Listening:
-        if isinstance(timeout, ANY_CALLER):
-            timeout, session = None, timeout  # q4pg style: the session passed positionally last
+        timeout, session = timeout_and_session(timeout, session)
         seconds = validation.check_timeout(timeout)
         checked = validation.check_name(tag)  # now, not at the first next()
         check_caller(session)

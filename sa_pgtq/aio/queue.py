@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import bridge, validation
-from ..binding import ANY_CALLER, AsyncBind, AsyncCaller, Binding, sync_caller
+from ..binding import AsyncBind, AsyncCaller, Binding, sync_caller, timeout_and_session
 from ..execution import Executor
 from ..handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, HandlerRegistry, P, R
 from ..models import JobMixin
@@ -245,7 +245,6 @@ class AsyncQueue:
         timeout: object,
         session: object,
     ) -> AsyncListening:
-        if isinstance(timeout, ANY_CALLER):
-            timeout, session = None, timeout  # q4pg style: the session passed positionally last
+        timeout, session = timeout_and_session(timeout, session)
         seconds = validation.check_timeout(timeout)
         return AsyncListening(listen(tag, seconds, sync_caller(session)))
