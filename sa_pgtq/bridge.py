@@ -36,13 +36,14 @@ def wait_for(awaitable: Awaitable[T]) -> T:
 
 def sleep(seconds: float, stop: threading.Event | None, asynchronous: bool) -> None:
     """Sleep up to `seconds`, returning early once `stop` is set."""
-    deadline = time.monotonic() + max(seconds, 0.0)
+    seconds = max(seconds, 0.0)
     if not asynchronous:
         if stop is None:
-            time.sleep(max(seconds, 0.0))
+            time.sleep(seconds)
         else:
-            stop.wait(max(seconds, 0.0))
+            stop.wait(seconds)
         return
+    deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
         wait_for(asyncio.sleep(left if stop is None else min(left, STOP_CHECK_INTERVAL)))
 
