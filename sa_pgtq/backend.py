@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
@@ -26,10 +27,18 @@ Operation = Callable[Concatenate[Connection, Statements, P], R]
 
 
 class Backend:
-    def __init__(self, binding: Binding, statements: Statements, queue_name: str) -> None:
+    def __init__(
+        self,
+        binding: Binding,
+        statements: Statements,
+        queue_name: str,
+        retention: timedelta | None = None,
+    ) -> None:
         self.binding = binding
         self.statements = statements
         self.queue_name = queue_name
+        #: How long finished jobs are kept (None: deleted as they finish).
+        self.retention = retention
 
     @property
     def table_name(self) -> str:

@@ -5,6 +5,10 @@ sa_pgtq's own metadata (table `sa_pgtq_jobs`). A host application may instead
 declare `class MyJob(JobMixin, AppBase): __tablename__ = "my_jobs"` and pass
 `model=MyJob` to `Queue`. Index and constraint names derive from the table
 name, so several queue tables can share a database.
+
+Each queue table has two small tables beside it, declared on the same metadata
+when the model is: `<table>_queues` (a paused queue's row) and `<table>_ticks`
+(the last tick of each periodic task that was turned into a job).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from sqlalchemy import (
     TIMESTAMP,
     BigInteger,
     CheckConstraint,
+    Column,
     Identity,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
+    Table,
     Text,
     func,
     text,
@@ -32,10 +39,17 @@ DEFAULT_TABLE = "sa_pgtq_jobs"
 #: (ix_<table>_messages) must fit, or names would be cut and could collide.
 MAX_TABLE_NAME_BYTES = 63 - len("ix__messages")
 
-# Job states. A job is deleted when it succeeds or is cancelled.
+# Job states. Without a retention a job is deleted when it succeeds or is cancelled.
 QUEUED = "queued"  # waiting (possibly until run_at)
 RUNNING = "running"  # claimed by a worker under a lease
 FAILED = "failed"  # out of attempts; kept with its last error until requeued or cancelled
+SUCCEEDED = "succeeded"  # kept with its result for the queue's retention
+CANCELLED = "cancelled"  # cancelled or aborted; kept for the queue's retention
+STATES = (QUEUED, RUNNING, FAILED, SUCCEEDED, CANCELLED)
+#: The states a job may still leave: a unique key is taken while its job is in one.
+ACTIVE = (QUEUED, RUNNING)
+#: The states the pruner removes once they are older than the retention.
+PRUNABLE = (SUCCEEDED, CANCELLED)
 
 # What put the row there: the message layer (dequeue by tag) or the task layer (workers).
 MESSAGE = "message"
@@ -44,7 +58,7 @@ TASK = "task"
 #: The schema version the model describes (`schema.LATEST`). From version 2 on, a
 #: queue table records its version in its comment, so that dropping or upgrading a
 #: table made by older code knows where it stands.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA_RECORD = "sa_pgtq schema version "
 
 _queue_tables: set[str] = set()
@@ -66,13 +80,16 @@ def queue_table_names() -> frozenset[str]:
     return frozenset(_queue_tables)
 
 
+def in_states(states: tuple[str, ...]) -> str:
+    """SQL text of `state IN (...)` for sa_pgtq's own constants (checks, index predicates)."""
+    return f"state IN ({', '.join(repr(state) for state in states)})"
+
+
 def _table_args(table: str) -> tuple[Any, ...]:
     # Partial indexes keep the fetch paths proportional to what is runnable,
-    # not to the failed or leased rows beside them.
+    # not to the failed, finished or leased rows beside them.
     return (
-        CheckConstraint(
-            f"state IN ('{QUEUED}', '{RUNNING}', '{FAILED}')", name=f"ck_{table}_state"
-        ),
+        CheckConstraint(in_states(STATES), name=f"ck_{table}_state"),
         CheckConstraint(f"kind IN ('{MESSAGE}', '{TASK}')", name=f"ck_{table}_kind"),
         Index(
             f"ix_{table}_messages",
@@ -92,6 +109,35 @@ def _table_args(table: str) -> tuple[Any, ...]:
             postgresql_where=text(f"state = '{QUEUED}' AND kind = '{TASK}'"),
         ),
         Index(f"ix_{table}_running", "queue", postgresql_where=text(f"state = '{RUNNING}'")),
+        Index(
+            f"ux_{table}_unique",
+            "queue",
+            "unique_key",
+            unique=True,
+            postgresql_where=text(f"unique_key IS NOT NULL AND {in_states(ACTIVE)}"),
+        ),
+        Index(
+            f"ix_{table}_finished",
+            "queue",
+            "finished_at",
+            postgresql_where=text(in_states(PRUNABLE)),
+        ),
+        Index(
+            f"ux_{table}_holders",
+            "queue",
+            "lock_key",
+            unique=True,
+            postgresql_where=text(f"lock_key IS NOT NULL AND state = '{RUNNING}'"),
+        ),
+        Index(
+            f"ix_{table}_locked",
+            "queue",
+            "lock_key",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            postgresql_where=text(f"lock_key IS NOT NULL AND state = '{QUEUED}'"),
+        ),
         {"comment": schema_comment(SCHEMA_VERSION)},
     )
 
@@ -116,6 +162,15 @@ class JobMixin:
     lease_expires_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     locked_by: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: What the handler returned (kept with a retention).
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    finished_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    #: While the job is queued or running, no other job of its queue has this key.
+    unique_key: Mapped[str | None] = mapped_column(Text)
+    #: While the job runs, no other job of its queue with this lock does.
+    lock_key: Mapped[str | None] = mapped_column(Text)
+    #: Set by `abort()` on a running job: its handler is asked to stop.
+    abort_requested_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
 
     @declared_attr.directive
     @classmethod
@@ -125,13 +180,50 @@ class JobMixin:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__tablename__" in cls.__dict__:
-            _queue_tables.add(cls.__tablename__)
+            name = cls.__tablename__
+            _queue_tables.update((name, queues_table_name(name), ticks_table_name(name)))
+            metadata = getattr(cls, "metadata", None)
+            if isinstance(metadata, MetaData):
+                side_tables(name, metadata)
 
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} id={self.id} queue={self.queue!r} tag={self.tag!r} "
             f"state={self.state!r} attempts={self.attempts}>"
         )
+
+
+def queues_table_name(table: str) -> str:
+    return f"{table}_queues"
+
+
+def ticks_table_name(table: str) -> str:
+    return f"{table}_ticks"
+
+
+def side_tables(table: str, metadata: MetaData) -> tuple[Table, Table]:
+    """The queue table's side tables (`<table>_queues`, `<table>_ticks`) on `metadata`."""
+    queues, ticks = queues_table_name(table), ticks_table_name(table)
+    if queues in metadata.tables:
+        return metadata.tables[queues], metadata.tables[ticks]
+    ts = TIMESTAMP(timezone=True)
+    return (
+        Table(
+            queues,
+            metadata,
+            Column("queue", Text, nullable=False),
+            Column("paused_at", ts, nullable=True),
+            PrimaryKeyConstraint("queue", name=f"pk_{queues}"),
+        ),
+        Table(
+            ticks,
+            metadata,
+            Column("queue", Text, nullable=False),
+            Column("name", Text, nullable=False),
+            Column("last_tick", ts, nullable=False),
+            PrimaryKeyConstraint("queue", "name", name=f"pk_{ticks}"),
+        ),
+    )
 
 
 class Base(DeclarativeBase):

@@ -38,6 +38,9 @@ class Queue:
 
     `bind` is an Engine, a sessionmaker bound to one, or a URL / libpq DSN string.
     Several `Queue` objects (with different names) may share one table.
+    `retention` (a timedelta or seconds) keeps finished tasks, with their results,
+    for that long; None deletes them as they finish. Give it to every `Queue` of
+    the queue, the producers' (for `result()`) as well as the workers'.
     (`AsyncQueue` passes a ready `Binding` of its async engine.)
     """
 
@@ -53,8 +56,10 @@ class Queue:
         table_name: str | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         listen_bind: Engine | URL | str | None = None,
+        retention: timedelta | float | None = None,
     ) -> None:
         validation.check_name(name, "queue name")
+        kept_for = validation.check_retention(retention)
         validation.check_options(data_type, data_length, excepted_times_to_ignore)
         if model is not None and table_name is not None and model.__tablename__ != table_name:
             raise InvalidInputError("give model or table_name, not two different tables")
@@ -68,7 +73,7 @@ class Queue:
             DEFAULT_TABLE if table_name is None else validation.check_table_name(table_name)
         )
         binding = bind if isinstance(bind, Binding) else Binding(bind, listen_bind)
-        self.backend = Backend(binding, statements_for(self.model), name)
+        self.backend = Backend(binding, statements_for(self.model), name, kept_for)
         #: The task handlers registered on this queue, by name.
         self.handlers = HandlerRegistry(self.backend)
         self.executor = Executor(self.backend, self.handlers)
@@ -83,6 +88,10 @@ class Queue:
     @property
     def engine(self) -> Engine:
         return self.backend.binding.engine
+
+    @property
+    def retention(self) -> timedelta | None:
+        return self.backend.retention
 
     # -- schema --------------------------------------------------------------
 

@@ -23,9 +23,12 @@ from .models import (
     QUEUED,
     RUNNING,
     TASK,
+    in_states,
     queue_table_names,
+    queues_table_name,
     recorded_version,
     schema_comment,
+    ticks_table_name,
 )
 
 #: Notifications for every queue table go to this one fixed channel; the payload
@@ -176,8 +179,94 @@ def _v3_down(op: Operations, table: str) -> None:
     op.create_table_comment(table, schema_comment(2))
 
 
+#: The job states as of version 4 (frozen: `models.STATES` may grow in a later step).
+V4_STATES = (QUEUED, RUNNING, FAILED, "succeeded", "cancelled")
+
+
+def _v4_up(op: Operations, table: str) -> None:
+    # The job lifecycle: kept results, unique keys, per-key locks, abort, pause, periodic
+    # ticks. Every new column is nullable without a default: adding one rewrites nothing,
+    # so the upgrade takes its lock for a moment, whatever the table holds.
+    ts = sa.TIMESTAMP(timezone=True)
+    op.drop_constraint(f"ck_{table}_state", table, type_="check")
+    op.create_check_constraint(f"ck_{table}_state", table, in_states(V4_STATES))
+    op.add_column(table, sa.Column("result", JSONB, nullable=True))
+    op.add_column(table, sa.Column("finished_at", ts, nullable=True))
+    op.add_column(table, sa.Column("unique_key", sa.Text, nullable=True))
+    op.add_column(table, sa.Column("lock_key", sa.Text, nullable=True))
+    op.add_column(table, sa.Column("abort_requested_at", ts, nullable=True))
+    # The arbiter of `INSERT .. ON CONFLICT DO NOTHING` for unique keys: a key is taken
+    # while its job may still run, and free again once it has finished.
+    op.create_index(
+        f"ux_{table}_unique",
+        table,
+        ["queue", "unique_key"],
+        unique=True,
+        postgresql_where=sa.text(f"unique_key IS NOT NULL AND {in_states(V4_STATES[:2])}"),
+    )
+    # The pruner's path to finished rows older than the retention; the claims' partial
+    # indexes leave finished rows out, so a million of them cost a claim nothing.
+    op.create_index(
+        f"ix_{table}_finished",
+        table,
+        ["queue", "finished_at"],
+        postgresql_where=sa.text(in_states(V4_STATES[3:])),
+    )
+    # One running holder per lock (a guard: claims pick only the head of each lock's line),
+    # and each lock's line of waiting tasks in dequeue order.
+    op.create_index(
+        f"ux_{table}_holders",
+        table,
+        ["queue", "lock_key"],
+        unique=True,
+        postgresql_where=sa.text(f"lock_key IS NOT NULL AND state = '{RUNNING}'"),
+    )
+    op.create_index(
+        f"ix_{table}_locked",
+        table,
+        ["queue", "lock_key", sa.text("priority DESC"), "run_at", "id"],
+        postgresql_where=sa.text(f"lock_key IS NOT NULL AND state = '{QUEUED}'"),
+    )
+    queues, ticks = queues_table_name(table), ticks_table_name(table)
+    op.create_table(
+        queues,
+        sa.Column("queue", sa.Text, nullable=False),
+        sa.Column("paused_at", ts, nullable=True),
+        sa.PrimaryKeyConstraint("queue", name=f"pk_{queues}"),
+    )
+    op.create_table(
+        ticks,
+        sa.Column("queue", sa.Text, nullable=False),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("last_tick", ts, nullable=False),
+        sa.PrimaryKeyConstraint("queue", "name", name=f"pk_{ticks}"),
+    )
+    op.create_table_comment(table, schema_comment(4))
+
+
+def _v4_down(op: Operations, table: str) -> None:
+    # Finished rows have no place in version 3: they go, as version 3 would have done.
+    op.execute(
+        f"DELETE FROM {_quote(op, table)} WHERE {in_states(V4_STATES[3:])}"  # noqa: S608
+    )
+    op.drop_table(ticks_table_name(table))
+    op.drop_table(queues_table_name(table))
+    for index in ("ix_{}_locked", "ux_{}_holders", "ix_{}_finished", "ux_{}_unique"):
+        op.drop_index(index.format(table), table_name=table)
+    for column in ("abort_requested_at", "lock_key", "unique_key", "finished_at", "result"):
+        op.drop_column(table, column)
+    op.drop_constraint(f"ck_{table}_state", table, type_="check")
+    op.create_check_constraint(f"ck_{table}_state", table, in_states(V4_STATES[:3]))
+    op.create_table_comment(table, schema_comment(3))
+
+
 Step = Callable[[Operations, str], None]
-_STEPS: list[tuple[Step, Step]] = [(_v1_up, _v1_down), (_v2_up, _v2_down), (_v3_up, _v3_down)]
+_STEPS: list[tuple[Step, Step]] = [
+    (_v1_up, _v1_down),
+    (_v2_up, _v2_down),
+    (_v3_up, _v3_down),
+    (_v4_up, _v4_down),
+]
 
 #: The schema version the current code expects.
 LATEST = len(_STEPS)

@@ -251,6 +251,20 @@ def check_schedule(run_at: object, delay: object) -> tuple[datetime | None, time
     return run_at, delay
 
 
+def check_retention(retention: object) -> timedelta | None:
+    """A queue's retention: a timedelta or seconds (positive, at most a century), or None."""
+    if retention is None:
+        return None
+    seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise InvalidInputError(
+            f"retention must be a timedelta, seconds or None, got {type(retention).__name__}"
+        )
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        raise InvalidInputError("retention must be positive and at most a century")
+    return timedelta(seconds=seconds)
+
+
 def check_options(data_type: object, data_length: object, excepted_times_to_ignore: object) -> None:
     """Validate a queue's constructor options."""
     if data_type not in ("json", "text"):

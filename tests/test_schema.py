@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, create_engine, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
@@ -45,7 +45,24 @@ ORDER BY 1, 2
 
 
 def snapshot(conn: Connection, table: str = "sa_pgtq_jobs") -> list[tuple[str, str]]:
-    return [(kind, item) for kind, item in conn.execute(text(SNAPSHOT), {"t": table})]
+    """The queue table's catalog entries, and (from version 4) its side tables'."""
+    rows = list(conn.execute(text(SNAPSHOT), {"t": table}))
+    for side in (f"{table}_queues", f"{table}_ticks"):
+        found = conn.execute(text(SNAPSHOT), {"t": side})
+        rows += [(f"{side} {kind}", item) for kind, item in found]
+    return sorted(rows)
+
+
+OLD_ENQUEUE = text(
+    "INSERT INTO sa_pgtq_jobs (queue, tag, data) "
+    "VALUES ('default', :tag, to_jsonb(CAST(:data AS text)))"
+)
+
+
+def old_enqueue(engine: Engine, tag: str, data: str) -> None:
+    """A message as older code enqueued it: today's statements name today's columns."""
+    with engine.begin() as conn:
+        conn.execute(OLD_ENQUEUE, {"tag": tag, "data": data})
 
 
 @pytest.fixture
@@ -86,8 +103,10 @@ def test_create_table_matches_the_migration_chain(new_database: Callable[[], str
     with create_engine(migrated_url).connect() as m, create_engine(created_url).connect() as c:
         migrated = snapshot(m)
         assert migrated == snapshot(c)
-    kinds = {kind for kind, _ in migrated}
+    kinds = {kind.split()[-1] for kind, _ in migrated}
     assert kinds == {"column", "index", "constraint", "storage", "comment"}, "no trigger since v3"
+    paused_at = "sa_pgtq_jobs_queues.paused_at timestamp with time zone"
+    assert ("sa_pgtq_jobs_queues column", paused_at) in migrated
 
 
 def test_migrations_go_down_and_up_again(new_database: Callable[[], str]) -> None:
@@ -121,7 +140,7 @@ def test_version_2_tunes_storage_and_goes_back_to_version_1(
     alembic(version_1_url, "upgrade", "sa_pgtq_0001")
     alembic(url, "upgrade", "sa_pgtq_0001")
     engine, version_1 = create_engine(url), create_engine(version_1_url)
-    sa_pgtq.Queue(engine).enqueue("t", "kept through every step")
+    old_enqueue(engine, "t", "kept through every step")
     with version_1.connect() as conn:
         assert storage(conn) == {}, "version 1 leaves stock settings"
         assert "ix_sa_pgtq_jobs_leases" in indexes(conn)
@@ -141,6 +160,7 @@ def test_version_2_tunes_storage_and_goes_back_to_version_1(
     alembic(url, "upgrade", "sa_pgtq_0002")
     with engine.connect() as conn:
         assert storage(conn) == sa_pgtq.schema.V2_STORAGE
+    alembic(url, "upgrade", "head")
     assert sa_pgtq.Queue(engine).dequeue_immediate("t") == "kept through every step"
     engine.dispose()
     version_1.dispose()
@@ -157,15 +177,17 @@ def test_version_3_drops_the_notify_trigger_and_goes_back_to_version_2(
     alembic(url, "upgrade", "sa_pgtq_0002")
     engine = create_engine(url)
     q = sa_pgtq.Queue(engine, poll_interval=30)  # only a NOTIFY wakes a listener in time
-    q.enqueue("t", "queued under version 2")
+    old_enqueue(engine, "t", "queued under version 2")
     with engine.connect() as conn:
         v2 = snapshot(conn)
         assert len(triggers(conn)) == 2, "version 2 notifies from a trigger and its function"
 
-    alembic(url, "upgrade", "head")
+    alembic(url, "upgrade", "sa_pgtq_0003")
     with engine.connect() as conn:
         assert triggers(conn) == []
         assert ("comment", "sa_pgtq schema version 3") in snapshot(conn)
+        v3 = snapshot(conn)
+    alembic(url, "upgrade", "head")
     stream = q.listen("t", timeout=10)
     assert next(stream) == "queued under version 2"
     threading.Timer(0.2, q.enqueue, ("t", "woken by the INSERT's own NOTIFY")).start()
@@ -174,6 +196,9 @@ def test_version_3_drops_the_notify_trigger_and_goes_back_to_version_2(
     assert time.monotonic() - started < 5, "woken by NOTIFY, not by the 30 s poll"
     stream.close()
 
+    alembic(url, "downgrade", "sa_pgtq_0003")
+    with engine.connect() as conn:
+        assert snapshot(conn) == v3
     alembic(url, "downgrade", "sa_pgtq_0002")
     with engine.connect() as conn:
         assert snapshot(conn) == v2, "the trigger and its function are back"
@@ -198,9 +223,11 @@ def test_a_table_older_code_made_is_left_alone_and_dropped_whole(
 def test_the_model_matches_the_migrated_table(new_database: Callable[[], str]) -> None:
     url = new_database()
     alembic(url, "upgrade", "head")
-    # Other tests declare more queue tables on sa_pgtq's Base; compare the default one.
+    # Other tests declare more queue tables on sa_pgtq's Base; compare the default one
+    # and its side tables.
     default_table_only = MetaData()
-    sa_pgtq.Job.__table__.to_metadata(default_table_only)
+    for name in ("sa_pgtq_jobs", "sa_pgtq_jobs_queues", "sa_pgtq_jobs_ticks"):
+        sa_pgtq.Job.metadata.tables[name].to_metadata(default_table_only)
     with create_engine(url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), default_table_only)
     assert diff == []
@@ -214,7 +241,7 @@ def test_a_custom_table_name_migrates_and_works(new_database: Callable[[], str])
     q.enqueue("t", "in app_jobs")
     assert next(iter(q.listen("t", timeout=2))) == "in app_jobs"
     with create_engine(url).connect() as conn:
-        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 4
+        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 8
 
 
 def test_host_autogenerate_ignores_the_queue_table(new_database: Callable[[], str]) -> None:
@@ -232,7 +259,7 @@ def test_host_autogenerate_ignores_the_queue_table(new_database: Callable[[], st
             ),
             app_metadata,
         )
-    assert ("remove_table", "sa_pgtq_jobs") in [
+    assert ("remove_table", "sa_pgtq_jobs_ticks") in [
         (d[0], d[1].name) for d in plain if d[0] == "remove_table"
     ]
     assert [d[0] for d in hooked] == ["add_table"], "only the app's own table, never the queue's"
@@ -333,7 +360,7 @@ def test_a_host_app_runs_the_branch_from_the_installed_package(
 
     host_alembic("upgrade", "sa_pgtq@head")
     host_alembic("upgrade", "heads")
-    assert {"host_0001 (head)", "sa_pgtq_0003 (head)"} <= set(
+    assert {"host_0001 (head)", "sa_pgtq_0004 (head)"} <= set(
         line.split(" (effective")[0] for line in host_alembic("current").split("\n") if line
     )
     sa_pgtq.Queue(url).enqueue("t", "queued in the host's database")

@@ -50,6 +50,7 @@ class AsyncQueue:
         table_name: str | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         listen_bind: AsyncEngine | URL | str | None = None,
+        retention: timedelta | float | None = None,
     ) -> None:
         #: The same queue, sync, on the async engine's sync side: what each call awaits.
         self.sync = Queue(
@@ -61,6 +62,7 @@ class AsyncQueue:
             model=model,
             table_name=table_name,
             poll_interval=poll_interval,
+            retention=retention,
         )
         async_sessions = self.sync.backend.binding.async_sessions
         assert async_sessions is not None
@@ -84,6 +86,10 @@ class AsyncQueue:
     @property
     def poll_interval(self) -> float:
         return self.sync.poll_interval
+
+    @property
+    def retention(self) -> timedelta | None:
+        return self.sync.retention
 
     @property
     def handlers(self) -> HandlerRegistry:
