@@ -54,6 +54,11 @@ PRUNABLE = (SUCCEEDED, CANCELLED)
 # What put the row there: the message layer (dequeue by tag) or the task layer (workers).
 MESSAGE = "message"
 TASK = "task"
+# What else a notification on sa_pgtq's channel may be about (its kind field; MESSAGE
+# and TASK mean a job arrived): a job of the queue finished, which wakes `result()`;
+# a control request (tag "abort", "pause" or "resume") for the queue's workers.
+FINISHED = "finished"
+CONTROL = "control"
 
 #: The schema version the model describes (`schema.LATEST`). From version 2 on, a
 #: queue table records its version in its comment, so that dropping or upgrading a
