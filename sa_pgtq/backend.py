@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from . import gateway
 from .binding import Binding, join
 from .statements import Statements
+from .validation import EncodedArray
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,10 +63,16 @@ class Backend:
         with self.connection(caller, atomic=True) as conn:
             return operation(conn, self.statements, *args, **kwargs)
 
-    def insert_jobs(self, caller: object, params: dict[str, Any], arrays: list[str]) -> list[int]:
+    def insert_jobs(
+        self,
+        caller: object,
+        params: dict[str, Any],
+        arrays: list[EncodedArray],
+        unique_keys: list[str | None] | None = None,
+    ) -> list[int]:
         """Jobs from encoded JSON arrays: one statement, or one per array all in one transaction."""
         run = self.run if len(arrays) == 1 else self.run_atomic
-        return run(caller, gateway.insert_jobs, params, arrays)
+        return run(caller, gateway.insert_jobs, params, arrays, unique_keys)
 
     @contextmanager
     def connection(self, caller: object, *, atomic: bool) -> Iterator[Connection]:

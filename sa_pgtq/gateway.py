@@ -10,6 +10,7 @@ a sync connection through `AsyncConnection.run_sync`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from . import schema, validation
 from .errors import DataTooDeepError
 from .models import FAILED, QUEUED, TASK, JobMixin
 from .statements import Order, Statements
+from .validation import EncodedArray
 
 #: A message as `remove_next_message` took it out: every column, `data` as JSON text.
 MessageRow = dict[str, Any]
@@ -70,18 +72,101 @@ def drop_table(conn: Connection, table_name: str) -> bool:
 
 
 def insert_job(conn: Connection, table: Statements, params: dict[str, Any], data: str) -> int:
-    """One job from checked `params` (see `validation.new_job_params`); its id."""
-    return int(conn.execute(table.insert_one, {**params, "data": data}).scalar_one())
+    """One job from checked `params` (see `validation.new_job_params`); its id.
+
+    With a unique key already taken by a queued or running job, that job's id,
+    and nothing is written.
+    """
+    values = {**params, "data": data}
+    if params["unique_key"] is None and params["lock_key"] is None:
+        return int(conn.execute(table.insert_one, values).scalar_one())
+    while True:
+        inserted = conn.execute(table.insert_keyed, values).scalar()
+        if inserted is not None:
+            return int(inserted)
+        # Taken. The holder may have finished since: then the key is free, try again.
+        holder = _holders(conn, table, params["queue_name"], [params["unique_key"]])
+        if holder:
+            return holder[params["unique_key"]]
 
 
 def insert_jobs(
-    conn: Connection, table: Statements, params: dict[str, Any], arrays: list[str]
+    conn: Connection,
+    table: Statements,
+    params: dict[str, Any],
+    arrays: list[EncodedArray],
+    unique_keys: list[str | None] | None = None,
 ) -> list[int]:
-    """One job per element of the JSON `arrays`, one statement per array; ids in order."""
+    """One job per element of the JSON `arrays`, one statement per array; ids in order.
+
+    With `unique_keys` (one per job, or None), a job whose key is taken, by an
+    earlier job of the batch or a queued or running one, is not written: its id
+    is the holder's.
+    """
     ids: list[int] = []
-    for datas in arrays:
-        ids += conn.execute(table.insert_many, {**params, "datas": datas}).scalar_one()
+    if unique_keys is None and params["lock_key"] is None:
+        for datas, _ in arrays:
+            ids += conn.execute(table.insert_many, {**params, "datas": datas}).scalar_one()
+        return ids
+    keys = unique_keys or [None] * sum(size for _, size in arrays)
+    for datas, size in arrays:
+        ids += _insert_keyed(conn, table, params, datas, keys[len(ids) : len(ids) + size])
     return ids
+
+
+def _insert_keyed(
+    conn: Connection,
+    table: Statements,
+    params: dict[str, Any],
+    datas: str,
+    keys: list[str | None],
+) -> list[int]:
+    values = {**params, "datas": datas, "unique_keys": keys}
+    inserted, inserted_keys, _ = conn.execute(table.insert_many_keyed, values).one()
+    # Ids are drawn in the batch's order, so the rows written are the batch's in order,
+    # less those skipped: a key's first use in the batch is written, unless already taken.
+    written = iter(zip(inserted or [], inserted_keys or [], strict=True))
+    ids: list[int | None] = []
+    first: dict[str, int] = {}  # key -> id of the job holding it
+    pending = next(written, None)
+    for key in keys:
+        if key is not None and key in first:
+            ids.append(first[key])
+        elif pending is not None and pending[1] == key:
+            ids.append(pending[0])
+            if key is not None:
+                first[key] = pending[0]
+            pending = next(written, None)
+        else:
+            ids.append(None)  # taken by a job outside the batch
+    missing = {key for key, id_ in zip(keys, ids, strict=True) if id_ is None}
+    if missing:
+        holders = _holders(conn, table, params["queue_name"], list(missing))
+        ids = [
+            holders.get(key or "") if id_ is None else id_
+            for key, id_ in zip(keys, ids, strict=True)
+        ]
+    if None in ids:  # a holder finished meanwhile, freeing its key: write those jobs now
+        datas_again = json.loads(datas)
+        retry = [i for i, id_ in enumerate(ids) if id_ is None]
+        again = _insert_keyed(
+            conn,
+            table,
+            params,
+            json.dumps([datas_again[i] for i in retry]),
+            [keys[i] for i in retry],
+        )
+        for i, id_ in zip(retry, again, strict=True):
+            ids[i] = id_
+    return [int(id_) for id_ in ids if id_ is not None]
+
+
+def _holders(
+    conn: Connection, table: Statements, queue_name: str, keys: list[str | None]
+) -> dict[str, int]:
+    """The queued or running jobs holding these unique keys: key -> id."""
+    params = {"queue_name": queue_name, "unique_keys": keys}
+    return {key: int(id_) for key, id_ in conn.execute(table.holders_of_keys, params)}
 
 
 # -- messages ----------------------------------------------------------------------

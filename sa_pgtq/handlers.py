@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from . import validation
+from . import gateway, validation
 from .backend import Backend
 from .binding import Caller, check_caller
-from .errors import DuplicateHandlerError, TaskArgumentsError
+from .errors import DuplicateHandlerError, InvalidInputError, TaskArgumentsError
 from .models import TASK
 
 P = ParamSpec("P")
@@ -58,11 +58,18 @@ class Handler(Generic[P, R]):
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
         priority: int = 0,
+        unique_key: str | None = None,
+        lock: str | None = None,
     ) -> Push[P]:
-        """How to push: in the caller's `session`, scheduled, prioritised."""
+        """How to push: in the caller's `session`, scheduled, prioritised, keyed, locked.
+
+        While a job of this queue with `unique_key` is queued or running, a push with
+        the key writes nothing and returns that job's id. Of the tasks with one `lock`,
+        at most one runs at a time, in queue order.
+        """
         check_caller(session)
         params = validation.new_job_params(
-            self.backend.queue_name, TASK, self.name, run_at, delay, priority
+            self.backend.queue_name, TASK, self.name, run_at, delay, priority, unique_key, lock
         )
         return Push(self, session, params)
 
@@ -70,9 +77,17 @@ class Handler(Generic[P, R]):
         """Queue a call in its own transaction; returns the job id."""
         return self.options().push(*args, **kwargs)
 
-    def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
-        """Queue many calls in one statement (a tuple: positional args; a dict: keyword args)."""
-        return self.options().push_many(calls)
+    def push_many(
+        self,
+        calls: Iterable[tuple[Any, ...] | dict[str, Any]],
+        *,
+        unique_keys: Iterable[str | None] | None = None,
+    ) -> list[int]:
+        """Queue many calls in one statement (a tuple: positional args; a dict: keyword args).
+
+        `unique_keys` gives each call a unique key (or None), as `options(unique_key=)`.
+        """
+        return self.options().push_many(calls, unique_keys=unique_keys)
 
     def call_data(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """A call's job data, once the arguments fit the handler's signature."""
@@ -92,17 +107,29 @@ class Push(Generic[P]):
         self._params = params
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
-        return self._insert([self._handler.call_data(args, kwargs)])[0]
+        data = validation.encode_data(self._handler.call_data(args, kwargs), "json", None)
+        return self._handler.backend.run(self._session, gateway.insert_job, self._params, data)
 
-    def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
+    def push_many(
+        self,
+        calls: Iterable[tuple[Any, ...] | dict[str, Any]],
+        *,
+        unique_keys: Iterable[str | None] | None = None,
+    ) -> list[int]:
         batch = validation.check_batch(calls, "calls")
-        return self._insert([self._handler.call_data(*_split(call)) for call in batch])
-
-    def _insert(self, datas: list[object]) -> list[int]:
+        keys = validation.check_unique_keys(unique_keys, len(batch))
+        if self._params["unique_key"] is not None and len(batch) > 1:
+            raise InvalidInputError(
+                "options(unique_key=...) keys one job: give push_many unique_keys=[...], "
+                "one per call"
+            )
+        datas: list[object] = [self._handler.call_data(*_split(call)) for call in batch]
         if not datas:
             return []
         arrays = validation.encode_batch(datas, "json", None)
-        return self._handler.backend.insert_jobs(self._session, self._params, arrays)
+        if keys is None and self._params["unique_key"] is not None:
+            keys = [self._params["unique_key"]]
+        return self._handler.backend.insert_jobs(self._session, self._params, arrays, keys)
 
 
 def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:

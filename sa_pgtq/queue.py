@@ -111,9 +111,16 @@ class Queue:
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
         priority: int = 0,
+        unique_key: str | None = None,
     ) -> int:
-        """Add one message; returns its job id."""
-        params = validation.new_job_params(self.name, MESSAGE, tag, run_at, delay, priority)
+        """Add one message; returns its job id.
+
+        With a `unique_key` held by a queued or running job of this queue, nothing is
+        written and that job's id is returned.
+        """
+        params = validation.new_job_params(
+            self.name, MESSAGE, tag, run_at, delay, priority, unique_key
+        )
         encoded = validation.encode_data(data, self.data_type, self.data_length)
         return self.backend.run(session, gateway.insert_job, params, encoded)
 
@@ -126,18 +133,21 @@ class Queue:
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
         priority: int = 0,
+        unique_keys: Iterable[str | None] | None = None,
     ) -> list[int]:
         """Add many messages in one statement (a very large batch: several, in one transaction).
 
-        Returns their ids in the order given.
+        Returns their ids in the order given. `unique_keys` gives each message a key
+        (or None), as `enqueue`'s `unique_key`.
         """
         params = validation.new_job_params(self.name, MESSAGE, tag, run_at, delay, priority)
         values = validation.check_batch(datas, "datas")
+        keys = validation.check_unique_keys(unique_keys, len(values))
         if not values:
             check_caller(session)
             return []
         arrays = validation.encode_batch(values, self.data_type, self.data_length)
-        return self.backend.insert_jobs(session, params, arrays)
+        return self.backend.insert_jobs(session, params, arrays, keys)
 
     # -- dequeue -------------------------------------------------------------
 

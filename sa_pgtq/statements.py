@@ -36,9 +36,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import insert as upsert
+from sqlalchemy.sql.expression import Grouping
 from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
-from .models import FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
+from .models import ACTIVE, FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
 from .schema import CHANNEL
 
 
@@ -166,6 +168,8 @@ class Statements:
             case((due, _wake_listeners(table, queue, kind, tag))),
         )
 
+        self._keyed_insert_statements(queue, kind, tag, rows)
+
         # Rows come back with `data` as JSON text, decoded in Python with a bound on its
         # nesting: a driver decoding a payload nested thousands deep (written with plain
         # SQL) would raise RecursionError for the whole fetch, on every try.
@@ -261,6 +265,70 @@ class Statements:
 
         #: queue_name, kind, tag -> wake their listeners (INSERTs do this in their RETURNING)
         self.notify: Select[Any] = select(_wake_listeners(table, queue, kind, tag))
+
+    def _keyed_insert_statements(self, queue: Any, kind: Any, tag: Any, rows: Any) -> None:
+        """INSERTs of jobs with a unique key or a lock: kept apart, so plain ones pay nothing.
+
+        A key taken by a queued or running job of the queue makes the INSERT skip the
+        row (`ON CONFLICT DO NOTHING` on the partial unique index), so a duplicate never
+        raises and never aborts the caller's transaction.
+        """
+        table, c = self.table, self.table.c
+        active = and_(c.unique_key.is_not(None), c.state.in_([const(s) for s in ACTIVE]))
+        unique_key = bindparam("unique_key", type_=Text)
+        lock_key = bindparam("lock_key", type_=Text)
+        #: queue_name, kind, tag, data, priority, run_at, delay, unique_key, lock_key -> id, or
+        #: no row when the key is taken
+        self.insert_keyed: ReturningInsert[Any] = (
+            upsert(table)
+            .values(
+                queue=queue,
+                kind=kind,
+                tag=tag,
+                data=cast(bindparam("data", type_=Text), JSONB),
+                priority=bindparam("priority"),
+                run_at=_run_at(),
+                unique_key=unique_key,
+                lock_key=lock_key,
+            )
+            .on_conflict_do_nothing(index_elements=[c.queue, c.unique_key], index_where=active)
+            .returning(c.id, _notify_if_due(table))
+        )
+        keys = cast(bindparam("unique_keys", type_=ARRAY(Text)), ARRAY(Text))
+        inserted = (
+            upsert(table)
+            .from_select(
+                ["queue", "kind", "tag", "data", "priority", "run_at", "unique_key", "lock_key"],
+                select(
+                    cast(queue, Text),
+                    cast(kind, Text),
+                    cast(tag, Text),
+                    rows.c.d,
+                    bindparam("priority"),
+                    _run_at(),
+                    Grouping(keys)[rows.c.n],  # (CAST(..))[n]: the cast must be bracketed
+                    lock_key,
+                ).order_by(rows.c.n),
+            )
+            .on_conflict_do_nothing(index_elements=[c.queue, c.unique_key], index_where=active)
+            .returning(c.id, c.unique_key, c.run_at)
+            .cte("inserted")
+        )
+        due = func.bool_or(inserted.c.run_at <= func.clock_timestamp())
+        #: insert_many's parameters, unique_keys (one per element, or NULL), lock_key -> the
+        #: ids inserted and their keys, in insertion order (a row whose key was taken, before
+        #: or earlier in the batch, is skipped)
+        self.insert_many_keyed: Select[Any] = select(
+            func.array_agg(aggregate_order_by(inserted.c.id, inserted.c.id)),
+            func.array_agg(aggregate_order_by(inserted.c.unique_key, inserted.c.id)),
+            case((due, _wake_listeners(table, queue, kind, tag))),
+        )
+        #: queue_name, unique_keys -> (unique_key, id) of the queued or running jobs holding them
+        self.holders_of_keys: Select[Any] = select(c.unique_key, c.id).where(
+            c.queue == queue,
+            c.unique_key == any_(keys),
+            c.state.in_([const(s) for s in ACTIVE]),
+        )
 
     def _task_statements(self) -> None:
         table, c = self.table, self.table.c

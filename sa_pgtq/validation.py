@@ -99,22 +99,28 @@ def encode_data(data: object, data_type: DataType, data_length: int | None) -> s
     return text
 
 
-def encode_batch(datas: list[object], data_type: DataType, data_length: int | None) -> list[str]:
+#: Payloads serialised as one JSON array for one INSERT, and how many it holds.
+EncodedArray = tuple[str, int]
+
+
+def encode_batch(
+    datas: list[object], data_type: DataType, data_length: int | None
+) -> list[EncodedArray]:
     """Serialise payloads to JSON arrays, one per INSERT; their elements, in order, the jobs."""
     whole = None if data_length is not None else _whole_batch(datas, data_type)
     if whole is not None:
-        return [whole]
+        return [(whole, len(datas))]
     # Each payload on its own, measured against data_length and the size limits, then
     # grouped into arrays of at most BATCH_CHARS each (a larger payload goes alone).
     texts = [encode_data(data, data_type, data_length) for data in datas]
-    arrays: list[str] = []
+    arrays: list[EncodedArray] = []
     start, size = 0, 1  # the array so far: "["
     for end, text in enumerate(texts):
         size += len(text) + 1  # the payload, and a comma or the closing bracket
         if size > BATCH_CHARS and end > start:
-            arrays.append(f"[{','.join(texts[start:end])}]")
+            arrays.append((f"[{','.join(texts[start:end])}]", end - start))
             start, size = end, len(text) + 2
-    arrays.append(f"[{','.join(texts[start:])}]")
+    arrays.append((f"[{','.join(texts[start:])}]", len(texts) - start))
     return arrays
 
 
@@ -321,7 +327,14 @@ def check_table_name(value: object) -> str:
 
 
 def new_job_params(
-    queue_name: str, kind: str, tag: object, run_at: object, delay: object, priority: object
+    queue_name: str,
+    kind: str,
+    tag: object,
+    run_at: object,
+    delay: object,
+    priority: object,
+    unique_key: object = None,
+    lock: object = None,
 ) -> dict[str, Any]:
     """Checked parameters shared by every INSERT of jobs (all checks before any write)."""
     checked_run_at, checked_delay = check_schedule(run_at, delay)
@@ -332,4 +345,21 @@ def new_job_params(
         "priority": check_priority(priority),
         "run_at": checked_run_at,
         "delay": checked_delay,
+        "unique_key": None if unique_key is None else check_name(unique_key, "unique_key"),
+        "lock_key": None if lock is None else check_name(lock, "lock"),
     }
+
+
+def check_unique_keys(keys: object, count: int) -> list[str | None] | None:
+    """One unique key (or None) per job of a batch of `count`, or None for no keys at all."""
+    if keys is None:
+        return None
+    checked = [
+        None if key is None else check_name(key, "unique key")
+        for key in check_batch(keys, "unique_keys")
+    ]
+    if len(checked) != count:
+        raise InvalidInputError(
+            f"unique_keys must give one key (or None) per job: {len(checked)} for {count} jobs"
+        )
+    return checked

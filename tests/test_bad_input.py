@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import sa_pgtq
-from sa_pgtq import errors, validation
+from sa_pgtq import errors, gateway, validation
 from sa_pgtq.validation import MAX_DEPTH
 
 
@@ -162,7 +162,7 @@ def test_the_longest_table_name_works(clean: Engine) -> None:
         assert longest.dequeue_immediate("t") == 1
     finally:
         with clean.begin() as conn:
-            conn.execute(text(f"DROP TABLE {name}"))
+            assert gateway.drop_table(conn, name), "its side tables too"
 
 
 @pytest.mark.parametrize("positionally", [True, False])

@@ -166,7 +166,8 @@ def test_a_split_batch_holds_every_payload_once_in_order(datas: list[object], li
             arrays = validation.encode_batch(datas, "json", None)
         except errors.InvalidDataError:
             return
-    split = [json.loads(array) for array in arrays]
+    split = [json.loads(array) for array, _ in arrays]
     assert [data for array in split for data in array] == json.loads(json.dumps(datas))
-    for encoded, array in zip(arrays, split, strict=True):
+    for (encoded, size), array in zip(arrays, split, strict=True):
         assert len(encoded) <= limit or len(array) == 1, "within the limit, unless alone"
+        assert size == len(array)

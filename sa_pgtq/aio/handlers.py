@@ -36,20 +36,37 @@ class AsyncHandler(Generic[P, R]):
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
         priority: int = 0,
+        unique_key: str | None = None,
+        lock: str | None = None,
     ) -> AsyncPush[P]:
-        """How to push: in the caller's `session`, scheduled, prioritised."""
+        """How to push: in the caller's `session`, scheduled, prioritised, keyed, locked.
+
+        See `Handler.options`.
+        """
         caller = sync_caller(session)
         return AsyncPush(
-            self.sync.options(session=caller, run_at=run_at, delay=delay, priority=priority)
+            self.sync.options(
+                session=caller,
+                run_at=run_at,
+                delay=delay,
+                priority=priority,
+                unique_key=unique_key,
+                lock=lock,
+            )
         )
 
     async def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Queue a call in its own transaction; returns the job id."""
         return await self.options().push(*args, **kwargs)
 
-    async def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
+    async def push_many(
+        self,
+        calls: Iterable[tuple[Any, ...] | dict[str, Any]],
+        *,
+        unique_keys: Iterable[str | None] | None = None,
+    ) -> list[int]:
         """Queue many calls in one statement (a tuple: positional args; a dict: keyword args)."""
-        return await self.options().push_many(calls)
+        return await self.options().push_many(calls, unique_keys=unique_keys)
 
 
 class AsyncPush(Generic[P]):
@@ -61,8 +78,13 @@ class AsyncPush(Generic[P]):
     async def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
         return await bridge.spawn(self._push.push, *args, **kwargs)
 
-    async def push_many(self, calls: Iterable[tuple[Any, ...] | dict[str, Any]]) -> list[int]:
-        return await bridge.spawn(self._push.push_many, calls)
+    async def push_many(
+        self,
+        calls: Iterable[tuple[Any, ...] | dict[str, Any]],
+        *,
+        unique_keys: Iterable[str | None] | None = None,
+    ) -> list[int]:
+        return await bridge.spawn(self._push.push_many, calls, unique_keys=unique_keys)
 
 
 class AsyncTask:

@@ -120,10 +120,18 @@ class AsyncQueue:
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
         priority: int = 0,
+        unique_key: str | None = None,
     ) -> int:
         """Add one message; returns its job id. See `Queue.enqueue`."""
         return await self._run(
-            session, self.sync.enqueue, tag, data, run_at=run_at, delay=delay, priority=priority
+            session,
+            self.sync.enqueue,
+            tag,
+            data,
+            run_at=run_at,
+            delay=delay,
+            priority=priority,
+            unique_key=unique_key,
         )
 
     async def enqueue_many(
@@ -135,6 +143,7 @@ class AsyncQueue:
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
         priority: int = 0,
+        unique_keys: Iterable[str | None] | None = None,
     ) -> list[int]:
         """Add many messages in one statement; returns their ids. See `Queue.enqueue_many`."""
         return await self._run(
@@ -145,6 +154,7 @@ class AsyncQueue:
             run_at=run_at,
             delay=delay,
             priority=priority,
+            unique_keys=unique_keys,
         )
 
     def dequeue(self, tag: str, session: AsyncCaller | None = None) -> Held[Any]:
