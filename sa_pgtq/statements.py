@@ -37,8 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as upsert
-from sqlalchemy.sql.expression import Grouping
 from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.expression import Grouping
 
 from .models import ACTIVE, FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
 from .schema import CHANNEL
