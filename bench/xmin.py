@@ -66,12 +66,13 @@ def explain(bench: Bench, sizes: dict[str, int]) -> None:
                 claim = {
                     "done_token": "",
                     "done_ids": [],
+                    "done_results": [],
                     "queue_name": bench.q.name,
                     "limit": 100,
                     "token": "-",
                     "lease": lease,
                 }
-                plan = bench.explain(statements.claim_tasks, claim)
+                plan = bench.explain(statements.claim_tasks[False], claim)
         print(f"{kind}: the next claim after {n // 2} of {n} taken, xmin held")
         for line in plan:
             print("   ", line)

@@ -81,6 +81,32 @@ class LeaseLostError(SaPgtqError, RuntimeError):
     """A task finished after another worker had taken it over; its outcome was discarded."""
 
 
+class TaskResultError(SaPgtqError, TypeError):
+    """A handler returned what a queue with a retention cannot keep as JSON; the task fails."""
+
+
+class JobFailedError(SaPgtqError, RuntimeError):
+    """`result()` of a job that failed or was cancelled: `state` and `last_error` say how."""
+
+    def __init__(self, message: str, *, job_id: int, state: str, last_error: str | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+        self.last_error = last_error
+
+
+class JobNotFoundError(SaPgtqError, LookupError):
+    """`result()` of a job that is not in the queue (never was, or pruned after its retention)."""
+
+
+class ResultsNotKeptError(SaPgtqError, RuntimeError):
+    """`result()` on a queue without a retention: finished jobs, results included, are deleted."""
+
+
+class ResultTimeoutError(SaPgtqError, TimeoutError):
+    """`result(timeout=...)` passed before the job finished."""
+
+
 class TaskTimeoutError(SaPgtqError, TimeoutError):
     """A task ran longer than its handler's `timeout`; the run counts as a failed attempt."""
 

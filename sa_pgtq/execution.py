@@ -28,8 +28,10 @@ from .binding import join
 from .context import JobContext, activate, deactivate
 from .errors import (
     DataTooDeepError,
+    InvalidDataError,
     LeaseLostError,
     TaskArgumentsError,
+    TaskResultError,
     UnknownHandlerError,
     WorkerLostError,
     describe_error,
@@ -43,7 +45,7 @@ from .handlers import (
 )
 from .leases import Heartbeat, Leases
 from .runner import Call, Runner
-from .tasks import Outcome, Task
+from .tasks import Finished, Outcome, Task
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,6 @@ DEFAULT_LEASE = 30.0  # seconds a claim stays valid without a heartbeat
 #: Seconds an async handler past its timeout is given to act on its cancellation.
 CANCEL_GRACE = 1.0
 _HOST = socket.gethostname()
-
-#: A claim token and its finished tasks, to be removed together.
-Finished = tuple[str, list[int]]
 
 
 def new_token() -> str:
@@ -68,6 +67,11 @@ class Executor:
         self.backend = backend
         self.handlers = handlers
         self._local = threading.local()  # each thread's `Runner`, for runs with a time limit
+
+    @property
+    def retain(self) -> bool:
+        """Whether succeeded tasks are kept, with their results (the queue has a retention)."""
+        return self.backend.retention is not None
 
     def claim(
         self,
@@ -93,10 +97,11 @@ class Executor:
                 limit,
                 token,
                 lease,
-                finished or ("", []),
+                finished,
+                retain=self.retain,
             )
             if finished:
-                _warn_if_lost(len(finished[1]) - removed)
+                _warn_if_lost(len(finished.ids) - removed)
                 finished = None
             tasks = []
             calls = decode_calls([data for _, _, data, _ in claimed])
@@ -149,7 +154,7 @@ class Executor:
         finally:
             heartbeat.stop()
         if outcome.needs_ack:
-            self.acknowledge([(task.token, [task.id])])
+            self.acknowledge([Finished(task.token, [task.id], [outcome.stored])])
         return outcome
 
     def _attempt(
@@ -159,14 +164,20 @@ class Executor:
         reset = activate(context)
         try:
             result = self._call(handler, context, limit)
+            stored = self._stored(task, result)
             if not context.finish():
                 return Outcome(succeeded=False, error=context.timeout_error())
             if context.session is None:
-                return Outcome(succeeded=True, result=result, needs_ack=True)
-            # The handler's writes and the job's removal commit together, or not at all.
+                return Outcome(succeeded=True, result=result, needs_ack=True, stored=stored)
+            # The handler's writes and the job's completion commit together, or not at all.
             session = context.session
+            done = Finished(task.token, [task.id], [stored])
             if not gateway.acknowledge_tasks(
-                session.connection(), self.backend.statements, task.token, [task.id]
+                session.connection(),
+                self.backend.statements,
+                self.backend.queue_name,
+                done,
+                retain=self.retain,
             ):
                 session.rollback()
                 log.warning(
@@ -179,7 +190,7 @@ class Executor:
             context.close()  # the handler's uncommitted writes go first
             if not context.finish():  # too late: the timeout was recorded instead
                 return Outcome(succeeded=False, error=context.timeout_error())
-            self.record_failure(task, exc)
+            self.record_failure(task, exc, final=isinstance(exc, TaskResultError))
             return Outcome(succeeded=False, error=exc)
         finally:
             deactivate(reset)
@@ -203,6 +214,7 @@ class Executor:
         reset = activate(context)
         try:
             result = self._call(self.handlers.get(task.name), context)
+            stored = self._stored(task, result)
             # The handler's writes fail here, as the handler's failure. Our own Session
             # commits only its savepoint within the caller's transaction.
             session.commit() if owned is not None else session.flush()
@@ -210,15 +222,33 @@ class Executor:
             if owned is not None:
                 owned.close()
             block.rollback()
-            self.record_failure(task, exc)
+            self.record_failure(task, exc, final=isinstance(exc, TaskResultError))
             return Outcome(succeeded=False, error=exc)
         finally:
             deactivate(reset)
         if owned is not None:
             owned.close()
         block.commit()
-        gateway.acknowledge_tasks(joined.connection, self.backend.statements, task.token, [task.id])
-        return Outcome(succeeded=True, result=result)
+        done = Finished(task.token, [task.id], [stored])
+        gateway.acknowledge_tasks(
+            joined.connection,
+            self.backend.statements,
+            self.backend.queue_name,
+            done,
+            retain=self.retain,
+        )
+        return Outcome(succeeded=True, result=result, stored=stored)
+
+    def _stored(self, task: Task, result: Any) -> str | None:
+        """The result as the JSON text to keep (None: no retention, or nothing returned)."""
+        if result is None or not self.retain:
+            return None
+        try:
+            return validation.encode_data(result, "json", None)
+        except InvalidDataError as exc:
+            raise TaskResultError(
+                f"task {task.id} ({task.name}) returned a result that cannot be kept as JSON: {exc}"
+            ) from None
 
     def _submit(self, func: Callable[[], Outcome]) -> tuple[Runner, Call[Outcome]]:
         """`func` handed to this thread's runner (a new one if it is gone or has none)."""
@@ -258,11 +288,17 @@ class Executor:
         )
 
     def acknowledge(self, finished: list[Finished]) -> None:
-        """Remove finished tasks (of one claim or several) in one transaction."""
+        """Acknowledge succeeded tasks (of one claim or several) in one transaction."""
         with self.backend.connection(None, atomic=len(finished) > 1) as conn:
-            for token, ids in finished:
-                removed = gateway.acknowledge_tasks(conn, self.backend.statements, token, ids)
-                _warn_if_lost(len(ids) - removed)
+            for done in finished:
+                acknowledged = gateway.acknowledge_tasks(
+                    conn,
+                    self.backend.statements,
+                    self.backend.queue_name,
+                    done,
+                    retain=self.retain,
+                )
+                _warn_if_lost(len(done.ids) - acknowledged)
 
     def release(self, token: str, ids: list[int]) -> None:
         """Put claimed tasks that never started back, untouched (a graceful shutdown)."""

@@ -22,6 +22,7 @@ from . import schema, validation
 from .errors import DataTooDeepError
 from .models import FAILED, QUEUED, TASK, JobMixin
 from .statements import Order, Statements
+from .tasks import Finished
 from .validation import EncodedArray
 
 #: A message as `remove_next_message` took it out: every column, `data` as JSON text.
@@ -284,6 +285,8 @@ def requeue_failed(
 # -- tasks -------------------------------------------------------------------------
 
 
+_NOTHING_DONE = Finished("")
+
 #: A claimed task as `claim_tasks` returns it: id, handler name, data (JSON text, decoded
 #: with a bound on its nesting by the caller), attempts (tries started, this one included).
 ClaimedTask = tuple[int, str, str, int]
@@ -296,32 +299,43 @@ def claim_tasks(
     limit: int,
     token: str,
     lease: float,
-    done: tuple[str, list[int]] = ("", []),
+    done: Finished | None = None,
+    *,
+    retain: bool = False,
 ) -> tuple[int, list[ClaimedTask]]:
-    """Remove `done` (an earlier claim's token, and its finished tasks) and mark up to `limit`
-    due tasks `running` under `token` and a lease, in one statement.
+    """Acknowledge `done` (an earlier claim's succeeded tasks: removed, or kept with their
+    results when `retain`) and mark up to `limit` due tasks `running` under `token` and a
+    lease, in one statement.
 
-    Returns how many of `done` were removed (the rest had lost their lease) and the
-    claimed tasks, in dequeue order.
+    Returns how many of `done` were acknowledged (the rest had lost their lease) and
+    the claimed tasks, in dequeue order.
     """
+    done = done or _NOTHING_DONE
     params = {
-        "done_token": done[0],
-        "done_ids": done[1],
+        "done_token": done.token,
+        "done_ids": done.ids,
+        "done_results": done.results,
         "queue_name": queue_name,
         "limit": limit,
         "token": token,
         "lease": timedelta(seconds=lease),
     }
-    rows = conn.execute(table.claim_tasks, params).all()
+    rows = conn.execute(table.claim_tasks[retain], params).all()
     removed = int(rows[0][0])
     if rows[0][1] is None:  # nothing claimed: the one row only carries the count
         return removed, []
     return removed, [(row[1], row[2], row[3], row[4]) for row in rows]
 
 
-def acknowledge_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> int:
-    """Remove finished tasks still held under `token`; how many were (the rest lost it)."""
-    return len(conn.execute(table.ack_tasks, {"ids": ids, "token": token}).all())
+def acknowledge_tasks(
+    conn: Connection, table: Statements, queue_name: str, done: Finished, *, retain: bool
+) -> int:
+    """Remove succeeded tasks still held under their token, or keep them with their results
+    (`retain`, waking the queue's `result()` waiters); how many were acknowledged (the rest
+    had lost their lease)."""
+    params = {"ids": done.ids, "results": done.results, "token": done.token}
+    params["queue_name"] = queue_name
+    return int(conn.execute(table.ack_tasks[retain], params).scalar_one())
 
 
 def retry_task(
@@ -343,6 +357,21 @@ def retry_task(
         "error": error,
     }
     return conn.execute(table.retry_task, params).first() is not None
+
+
+def get_job(conn: Connection, table: Statements, queue_name: str, job_id: int) -> JobMixin | None:
+    """The queue's job with this id, in any state; None if there is none."""
+    params = {"job_id": job_id, "queue_name": queue_name}
+    jobs = _jobs(table, conn.execute(table.get_job, params).mappings())
+    return jobs[0] if jobs else None
+
+
+def prune_finished(
+    conn: Connection, table: Statements, queue_name: str, retention: timedelta, limit: int
+) -> int:
+    """Delete up to `limit` jobs that succeeded or were cancelled over `retention` ago."""
+    params = {"queue_name": queue_name, "retention": retention, "limit": limit}
+    return int(conn.execute(table.prune, params).rowcount)
 
 
 def release_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> None:

@@ -10,6 +10,7 @@ commits.
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,11 +23,27 @@ from . import consuming, gateway, validation
 from .backend import Backend
 from .binding import Bind, Binding, Caller, check_caller, timeout_and_session
 from .consuming import Rules
-from .errors import InvalidInputError
+from .errors import (
+    InvalidInputError,
+    JobFailedError,
+    JobNotFoundError,
+    ResultsNotKeptError,
+    ResultTimeoutError,
+)
 from .execution import DEFAULT_LEASE, Executor
 from .gateway import MessageRow
 from .handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, Handler, HandlerRegistry, P, R
-from .models import DEFAULT_TABLE, MESSAGE, JobMixin, job_model
+from .listener import Listener
+from .models import (
+    CANCELLED,
+    DEFAULT_TABLE,
+    FAILED,
+    FINISHED,
+    MESSAGE,
+    SUCCEEDED,
+    JobMixin,
+    job_model,
+)
 from .statements import statements_for
 from .tasks import Task
 
@@ -249,6 +266,57 @@ class Queue:
             ids = [validation.check_job_id(i) for i in validation.check_batch(job_ids, "job_ids")]
         return self.backend.run_atomic(session, gateway.requeue_failed, self.name, ids)
 
+    # -- job lifecycle -------------------------------------------------------
+
+    def job(self, job_id: int, session: Caller | None = None) -> JobMixin | None:
+        """The queue's job with this id, in any state (None: not in the queue, or pruned)."""
+        checked = validation.check_job_id(job_id)
+        return self.backend.run(session, gateway.get_job, self.name, checked)
+
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """The result of a task once it has succeeded, waiting up to `timeout` seconds.
+
+        Raises `JobFailedError` if it failed or was cancelled, `ResultTimeoutError` (a
+        `TimeoutError`) when `timeout` passes first, `JobNotFoundError` if the job is
+        not in the queue. The wait is woken by the NOTIFY a job's completion sends,
+        with polling every `poll_interval` as the fallback. Results are kept only on
+        a queue with a `retention`.
+        """
+        checked = validation.check_job_id(job_id)
+        seconds = validation.check_timeout(timeout)
+        if self.retention is None:
+            raise ResultsNotKeptError(
+                f"queue {self.name!r} has no retention: finished jobs are deleted with their "
+                "results. Give Queue(..., retention=timedelta(...)) to keep them"
+            )
+        deadline = None if seconds is None else time.monotonic() + seconds
+        binding = self.backend.binding
+        # Listening before the first look: a completion in between still wakes us.
+        with Listener(
+            binding.listen_engine, self.table_name, self.name, FINISHED, None, self.poll_interval
+        ) as listener:
+            while True:
+                job = self.job(checked)
+                if job is None:
+                    raise JobNotFoundError(f"job {checked} is not in queue {self.name!r}")
+                if job.state == SUCCEEDED:
+                    return job.result
+                if job.state in (FAILED, CANCELLED):
+                    raise JobFailedError(
+                        f"job {checked} {job.state}: {_last_line(job.last_error)}",
+                        job_id=checked,
+                        state=job.state,
+                        last_error=job.last_error,
+                    )
+                left = self.poll_interval
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                    if left <= 0:
+                        raise ResultTimeoutError(
+                            f"job {checked} has not finished after {seconds}s (it is {job.state})"
+                        )
+                listener.wait(left)
+
     # -- task layer ----------------------------------------------------------
 
     def handler(
@@ -287,6 +355,12 @@ class Queue:
 
     def _job(self, row: MessageRow) -> JobMixin:
         return job_from_row(self.model, row)
+
+
+def _last_line(error: str | None) -> str:
+    """The exception line of a kept traceback (its last non-empty line)."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no error recorded"
 
 
 def job_from_row(model: type[JobMixin], row: MessageRow) -> JobMixin:

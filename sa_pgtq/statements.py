@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    column,
     delete,
     func,
     insert,
@@ -37,10 +38,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as upsert
-from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.dml import Delete, ReturningDelete, ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.expression import Grouping
+from sqlalchemy.sql.selectable import ScalarSelect
 
-from .models import ACTIVE, FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
+from .models import (
+    ACTIVE,
+    FAILED,
+    FINISHED,
+    MESSAGE,
+    PRUNABLE,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TASK,
+    JobMixin,
+)
 from .schema import CHANNEL
 
 
@@ -376,41 +389,48 @@ class Statements:
         # order of its own: the outer SELECT puts the claimed rows in dequeue order. One row
         # always comes back, to carry the count removed: with nothing claimed, its task
         # columns are NULL.
-        acked = (
-            delete(table)
-            .where(c.id == any_(bindparam("done_ids", type_=ARRAY(BigInteger))))
-            .where(c.locked_by == bindparam("done_token", type_=Text))
-            .returning(c.id)
-            .cte("acked")
-        )
         claimed = claim.cte("claimed")
-        #: done_ids, done_token (finished tasks of one claim), queue_name, limit, token,
-        #: lease -> (acked, id, tag, data, attempts): how many finished tasks were removed,
-        #: and the tasks claimed, now `running` under the lease, in dequeue order
-        self.claim_tasks: Select[Any] = (
-            select(
-                select(func.count()).select_from(acked).scalar_subquery().label("acked"),
-                claimed.c.id,
-                claimed.c.tag,
-                claimed.c.data,
-                claimed.c.attempts,
+        #: retain -> done_ids, done_results, done_token (finished tasks of one claim, their
+        #: results as JSON text), queue_name, limit, token, lease -> (acked, id, tag, data,
+        #: attempts, ...): how many finished tasks were acknowledged, and the tasks claimed,
+        #: now `running` under the lease, in dequeue order
+        self.claim_tasks: dict[bool, Select[Any]] = {}
+        #: retain -> ids, results, token -> (how many finished tasks were acknowledged, ...);
+        #: a task whose lease was lost is left alone
+        self.ack_tasks: dict[bool, Select[Any]] = {}
+        for retain in (False, True):
+            acked = self._acknowledged("done_", retain).cte("acked")
+            self.claim_tasks[retain] = (
+                select(
+                    select(func.count()).select_from(acked).scalar_subquery().label("acked"),
+                    claimed.c.id,
+                    claimed.c.tag,
+                    claimed.c.data,
+                    claimed.c.attempts,
+                    *self._wake_waiters(acked, retain),
+                )
+                .select_from(select(literal_column("1")).subquery("one").outerjoin(claimed, true()))
+                .order_by(claimed.c.priority.desc(), claimed.c.run_at, claimed.c.id)
             )
-            .select_from(select(literal_column("1")).subquery("one").outerjoin(claimed, true()))
-            .order_by(claimed.c.priority.desc(), claimed.c.run_at, claimed.c.id)
-        )
-        #: ids, token -> ids of finished tasks removed (a task whose lease was lost is kept)
-        self.ack_tasks: ReturningDelete[Any] = delete(table).where(mine).returning(c.id)
-        #: job_id, token, state (queued or failed), delay, error -> id if still held
+            acked = self._acknowledged("", retain).cte("acked")
+            self.ack_tasks[retain] = select(
+                select(func.count()).select_from(acked).scalar_subquery(),
+                *self._wake_waiters(acked, retain),
+            )
+        state = bindparam("state", type_=Text)
+        #: job_id, token, state (queued or failed), delay, error -> id if still held (a job
+        #: kept as failed has finished: its `result()` waiters are woken)
         self.retry_task: ReturningUpdate[Any] = (
             update(table)
             .where(c.id == bindparam("job_id"), c.locked_by == token)
             .values(
-                state=bindparam("state", type_=Text),
+                state=state,
                 run_at=func.clock_timestamp() + bindparam("delay", type_=Interval),
                 last_error=bindparam("error", type_=Text),
+                finished_at=case((state == const(FAILED), func.clock_timestamp())),
                 **released,
             )
-            .returning(c.id)
+            .returning(c.id, case((c.state == const(FAILED), self._finished_notice(c.queue))))
         )
         #: ids, token -> put back claimed tasks that never started (graceful shutdown)
         self.release_tasks: Update = (
@@ -456,9 +476,74 @@ class Statements:
             .where(
                 c.queue == queue, c.state == const(FAILED), or_(ids.is_(None), c.id == any_(ids))
             )
-            .values(state=const(QUEUED), attempts=0, run_at=func.now())
+            .values(state=const(QUEUED), attempts=0, run_at=func.now(), finished_at=None)
             .returning(c.kind, c.tag)
         )
+        #: job_id, queue_name -> the job (every column, data as JSON text), in any state
+        self.get_job: Select[Any] = select(*self.every_column).where(
+            c.id == bindparam("job_id"), c.queue == queue
+        )
+        # Oldest first, a batch at a time, skipping rows someone holds: each statement
+        # locks at most `limit` rows for a moment, never the table.
+        prunable = (
+            select(c.id)
+            .where(
+                c.queue == queue,
+                c.state.in_([const(s) for s in PRUNABLE]),
+                c.finished_at < func.clock_timestamp() - bindparam("retention", type_=Interval),
+            )
+            .order_by(c.finished_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        #: queue_name, retention, limit -> delete up to `limit` of the queue's jobs that
+        #: succeeded or were cancelled longer than `retention` ago
+        self.prune: Delete = delete(table).where(
+            c.id == any_(func.array(prunable.scalar_subquery(), type_=ARRAY(BigInteger)))
+        )
+
+    def _acknowledged(
+        self, prefix: str, retain: bool
+    ) -> ReturningDelete[Any] | ReturningUpdate[Any]:
+        """Succeeded tasks still held under their claim's token, removed or (`retain`) kept.
+
+        Parameters: `{prefix}ids`, `{prefix}results` (JSON texts, NULL for none: used when
+        kept), `{prefix}token`.
+        """
+        table, c = self.table, self.table.c
+        ids = bindparam(f"{prefix}ids", type_=ARRAY(BigInteger))
+        token = bindparam(f"{prefix}token", type_=Text)
+        if not retain:
+            return delete(table).where(c.id == any_(ids), c.locked_by == token).returning(c.id)
+        done = (
+            func.unnest(ids, cast(bindparam(f"{prefix}results", type_=ARRAY(Text)), ARRAY(Text)))
+            .table_valued(column("id", BigInteger), column("result", Text))
+            .render_derived("done")
+        )
+        return (
+            update(table)
+            .where(c.id == done.c.id, c.locked_by == token)
+            .values(
+                state=const(SUCCEEDED),
+                result=cast(done.c.result, JSONB),
+                finished_at=func.clock_timestamp(),
+                locked_by=None,
+                lease_expires_at=None,
+            )
+            .returning(c.id)
+        )
+
+    def _wake_waiters(self, acked: Any, retain: bool) -> list[ScalarSelect[Any]]:
+        """With a retention, one notification per batch acknowledged, for `result()` waiters."""
+        if not retain:
+            return []
+        queue = bindparam("queue_name", type_=Text)
+        notice = case((func.count() > 0, self._finished_notice(queue)))
+        return [select(notice).select_from(acked).scalar_subquery()]
+
+    def _finished_notice(self, queue: Any) -> ColumnElement[Any]:
+        """Wake the `result()` waiters of `queue`: one of its jobs has finished."""
+        return _wake_listeners(self.table, queue, literal(FINISHED), literal(""))
 
 
 _built: dict[type[JobMixin], Statements] = {}

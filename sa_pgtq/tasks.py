@@ -14,6 +14,27 @@ class Outcome:
     result: Any = None  # the handler's return value
     error: BaseException | None = None  # why it did not succeed
     needs_ack: bool = False  # succeeded without a session: still to be removed (in a batch)
+    stored: str | None = None  # the result as JSON text, to keep (with a retention)
+
+
+@dataclass
+class Finished:
+    """Succeeded tasks of one claim, to be acknowledged together (removed, or kept).
+
+    `results` holds each task's result as JSON text (None: nothing to keep).
+    """
+
+    token: str
+    ids: list[int] = field(default_factory=list)
+    results: list[str | None] = field(default_factory=list)
+
+    def add(self, task_id: int, result: str | None) -> None:
+        self.ids.append(task_id)
+        self.results.append(result)
+
+    def extend(self, other: Finished) -> None:
+        self.ids += other.ids
+        self.results += other.results
 
 
 class TaskRunner(Protocol):

@@ -14,6 +14,7 @@ import sa_pgtq
 from sa_pgtq import errors, gateway
 from sa_pgtq.models import FAILED
 from sa_pgtq.statements import statements_for
+from sa_pgtq.tasks import Finished
 
 effects = Table("task_effects", MetaData(), Column("n", Integer))
 
@@ -343,9 +344,11 @@ def test_a_claim_removes_an_earlier_claims_finished_tasks(tq: sa_pgtq.Queue) -> 
         _, first = gateway.claim_tasks(conn, statements, tq.name, 2, "a", 30)
         ids = [task_id for task_id, _, _, _ in first]
         # Finished under another token (a lease lost and taken over): kept.
-        removed, _ = gateway.claim_tasks(conn, statements, tq.name, 0, "b", 30, ("x", ids))
+        lost = Finished("x", ids, [None] * 2)
+        removed, _ = gateway.claim_tasks(conn, statements, tq.name, 0, "b", 30, lost)
         assert removed == 0
-        removed, second = gateway.claim_tasks(conn, statements, tq.name, 9, "c", 30, ("a", ids))
+        done = Finished("a", ids, [None] * 2)
+        removed, second = gateway.claim_tasks(conn, statements, tq.name, 9, "c", 30, done)
         conn.commit()
     assert removed == 2
     assert [n for _, _, _, n in second] == [1, 1, 1]  # attempts: tries started

@@ -41,3 +41,13 @@ def stuck(n: int) -> None:
     with engine.begin() as conn:
         conn.execute(started.insert().values(n=n, pid=os.getpid()))
     sa_pgtq.current_session().execute(text("SELECT pg_sleep(60)"))
+
+
+#: A queue that keeps finished jobs and their results; its long poll interval leaves
+#: waking `result()` to the completion's NOTIFY.
+kept = sa_pgtq.Queue(engine, name="kept", retention=3600, poll_interval=30)
+
+
+@kept.handler()
+def add(a: int, b: int) -> int:
+    return a + b

@@ -219,6 +219,16 @@ class AsyncQueue:
         """Queue failed jobs again with fresh attempts (all of this queue's, or just `job_ids`)."""
         return await self._run(session, self.sync.requeue_failed, job_ids)
 
+    # -- job lifecycle -------------------------------------------------------
+
+    async def job(self, job_id: int, session: AsyncCaller | None = None) -> JobMixin | None:
+        """The queue's job with this id, in any state (None: not in the queue, or pruned)."""
+        return await self._run(session, self.sync.job, job_id)
+
+    async def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """The result of a task once it has succeeded. See `Queue.result`."""
+        return await bridge.spawn(self.sync.result, job_id, timeout)
+
     # -- task layer ----------------------------------------------------------
 
     def handler(

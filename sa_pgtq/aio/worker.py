@@ -30,6 +30,7 @@ from ..worker import start, stop
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
 from ..worker.producer import idle_seconds, task_listener
+from ..worker.pruner import pruners
 from ..worker.rescuer import Rescuer
 from .queue import AsyncQueue
 
@@ -77,8 +78,9 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
         completer = Completer(executor, leases)
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
+        aside = [heartbeat, rescuer, *pruners(executor.backend)]
         await bridge.spawn(rescuer.safe_tick)  # what a dead worker left is due now
-        await bridge.spawn(start, heartbeat, rescuer, completer)
+        await bridge.spawn(start, *aside, completer)
         try:
             with self._signals():
                 log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
@@ -87,7 +89,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
             # As the sync worker: the last acks go first, while the heartbeat still
             # keeps the finished tasks' leases.
             await bridge.spawn(stop, completer, final=True)
-            await bridge.spawn(stop, heartbeat, rescuer)
+            await bridge.spawn(stop, *aside)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

@@ -5,9 +5,10 @@
 
 A worker is a few small services with one duty each: producers claim batches
 with FOR UPDATE SKIP LOCKED and run them (one thread per concurrency slot);
-the completer removes finished tasks in batches; the heartbeat keeps the
+the completer acknowledges finished tasks in batches; the heartbeat keeps the
 leases of everything held alive; the rescuer requeues tasks whose worker died,
-so a killed worker never loses a job. Several processes on several machines
+so a killed worker never loses a job; with a retention, the pruner deletes
+finished jobs once they are old enough. Several processes on several machines
 may share one table.
 """
 
@@ -27,6 +28,7 @@ from ..queue import Queue
 from .base import BaseWorker
 from .completer import Completer
 from .producer import Producer
+from .pruner import pruners
 from .rescuer import Rescuer
 
 __all__ = ["Worker", "main_loop"]
@@ -51,6 +53,7 @@ class Worker(BaseWorker[Queue]):
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
         rescuer.safe_tick()  # what a dead worker left is due now, for a burst run too
+        aside = [heartbeat, rescuer, *pruners(executor.backend)]
         producer = Producer(
             executor,
             leases,
@@ -61,7 +64,7 @@ class Worker(BaseWorker[Queue]):
             poll_interval=self.poll_interval,
             timeout=self.timeout,
         )
-        with self._signals(), _running(heartbeat, rescuer), _running(completer, final=True):
+        with self._signals(), _running(*aside), _running(completer, final=True):
             log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
             # Every producer runs in a thread of its own, so the main thread stays free
             # to take signals even while a handler is stuck in C code (a query, a
