@@ -11,8 +11,8 @@ a sync connection through `AsyncConnection.run_sync`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, inspect, literal, select, text
 from sqlalchemy.engine import RowMapping
@@ -199,9 +199,15 @@ def requeue_failed(
 # -- tasks -------------------------------------------------------------------------
 
 
-#: A claimed task as `claim_tasks` returns it: id, handler name, data (JSON text, decoded
-#: with a bound on its nesting by the caller), attempts (tries started, this one included).
-ClaimedTask = tuple[int, str, str, int]
+class ClaimedTask(NamedTuple):
+    """A claimed task as `claim_tasks` returns it."""
+
+    id: int
+    name: str  # the handler's
+    data: str  # JSON text, decoded with a bound on its nesting by the caller
+    attempts: int  # tries started, this one included
+    priority: int
+    run_at: datetime  # when it was due (a periodic task's tick, unless it was retried)
 
 
 def claim_tasks(
@@ -231,7 +237,7 @@ def claim_tasks(
     removed = int(rows[0][0])
     if rows[0][1] is None:  # nothing claimed: the one row only carries the count
         return removed, []
-    return removed, [(row[1], row[2], row[3], row[4]) for row in rows]
+    return removed, [ClaimedTask(*row[1:]) for row in rows]
 
 
 def acknowledge_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> int:

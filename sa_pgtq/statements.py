@@ -317,8 +317,9 @@ class Statements:
         )
         claimed = claim.cte("claimed")
         #: done_ids, done_token (finished tasks of one claim), queue_name, limit, token,
-        #: lease -> (acked, id, tag, data, attempts): how many finished tasks were removed,
-        #: and the tasks claimed, now `running` under the lease, in dequeue order
+        #: lease -> (acked, id, tag, data, attempts, priority, run_at): how many finished
+        #: tasks were removed, and the tasks claimed, now `running` under the lease, in
+        #: dequeue order
         self.claim_tasks: Select[Any] = (
             select(
                 select(func.count()).select_from(acked).scalar_subquery().label("acked"),
@@ -326,6 +327,8 @@ class Statements:
                 claimed.c.tag,
                 claimed.c.data,
                 claimed.c.attempts,
+                claimed.c.priority,
+                claimed.c.run_at,
             )
             .select_from(select(literal_column("1")).subquery("one").outerjoin(claimed, true()))
             .order_by(claimed.c.priority.desc(), claimed.c.run_at, claimed.c.id)
