@@ -292,6 +292,23 @@ def seconds_until_next_task(conn: Connection, table: Statements, queue_name: str
     return _seconds(conn.execute(table.seconds_until_next_task, params).scalar())
 
 
+# -- periodic tasks ----------------------------------------------------------------
+
+
+def insert_tick_job(
+    conn: Connection, table: Statements, queue_name: str, name: str, tick: datetime, data: str
+) -> int | None:
+    """The job of periodic task `name` for `tick`, in one statement; its id.
+
+    None if this tick (or a later one) was already turned into a job, by this worker
+    or another, or if this is the schedule's first sight: the tick is then only
+    recorded, and the next one will run.
+    """
+    params = {"queue_name": queue_name, "schedule": name, "tick": tick, "data": data}
+    row = conn.execute(table.insert_tick_job, params).first()
+    return None if row is None else int(row[0])
+
+
 # -- the listener's connection -------------------------------------------------------
 
 

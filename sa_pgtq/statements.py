@@ -36,9 +36,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
-from .models import FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
+from .models import FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin, side_tables
 from .schema import CHANNEL
 
 
@@ -258,6 +259,7 @@ class Statements:
             .returning(c.id)
         )
         self._task_statements()
+        self._periodic_statements()
 
         #: queue_name, kind, tag -> wake their listeners (INSERTs do this in their RETURNING)
         self.notify: Select[Any] = select(_wake_listeners(table, queue, kind, tag))
@@ -393,6 +395,53 @@ class Statements:
             )
             .values(state=const(QUEUED), attempts=0, run_at=func.now())
             .returning(c.kind, c.tag)
+        )
+
+    def _periodic_statements(self) -> None:
+        table = self.table
+        ticks = side_tables(str(table.name), table.metadata)[1]
+        queue = bindparam("queue_name", type_=Text)
+        # Not "name": an UPDATE would take a parameter named after a column for its SET.
+        name = bindparam("schedule", type_=Text)
+        tick = bindparam("tick", type_=TIMESTAMP(timezone=True))
+        # Exactly once per tick, however many workers offer it: the tick's row in `ticks`
+        # is a compare-and-set, and the job is inserted only by the statement that moved
+        # it forward. A concurrent offer of the same tick waits for the row lock, then
+        # finds `last_tick < tick` false. Offering a later tick jumps straight to it:
+        # the ticks missed while no worker ran make one job, not one each.
+        won = (
+            update(ticks)
+            .where(ticks.c.queue == queue, ticks.c.name == name, ticks.c.last_tick < tick)
+            .values(last_tick=tick)
+            .returning(ticks.c.name)
+            .cte("won")
+        )
+        # First sight of a schedule records the tick without running it (a daily task
+        # deployed at noon waits for midnight). Both CTEs read the statement's snapshot:
+        # `won` never sees the row `seen` inserts, so a first sight inserts no job.
+        seen = (
+            pg_insert(ticks)
+            .values(queue=queue, name=name, last_tick=tick)
+            .on_conflict_do_nothing()
+            .cte("seen")
+        )
+        #: queue_name, schedule (the handler's name), tick, data (JSON text) -> the id of the
+        #: tick's job (kind task, tag schedule, run_at tick), or no row: first sight, or old
+        self.insert_tick_job: ReturningInsert[Any] = (
+            insert(table)
+            .from_select(
+                ["queue", "kind", "tag", "data", "run_at"],
+                # Cast: asyncpg infers no type for a parameter in a SELECT list.
+                select(
+                    cast(queue, Text),
+                    const(TASK),
+                    cast(name, Text),
+                    cast(bindparam("data", type_=Text), JSONB),
+                    cast(tick, TIMESTAMP(timezone=True)),
+                ).select_from(won),
+            )
+            .returning(table.c.id, _notify_if_due(table))
+            .add_cte(seen)
         )
 
 

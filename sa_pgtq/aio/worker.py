@@ -2,8 +2,8 @@
 
     await sa_pgtq.AsyncWorker(q, concurrency=50).run(burst=False)
 
-The services are the sync worker's (completer, heartbeat, rescuer), ticking as
-tasks of the event loop through the greenlet bridge. What is written for
+The services are the sync worker's (completer, heartbeat, rescuer, scheduler),
+ticking as tasks of the event loop through the greenlet bridge. What is written for
 asyncio is the dispatch: one fetcher claims batches (FOR UPDATE SKIP LOCKED)
 into a buffer while `concurrency` slots take tasks from it and run them, each
 run the executor's own, its handler awaited on the loop.
@@ -31,6 +31,7 @@ from ..worker.base import BaseWorker
 from ..worker.completer import Completer
 from ..worker.producer import idle_seconds, task_listener
 from ..worker.rescuer import Rescuer
+from ..worker.scheduler import schedulers
 from .queue import AsyncQueue
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
         completer = Completer(executor, leases)
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
-        await bridge.spawn(rescuer.safe_tick)  # what a dead worker left is due now
-        await bridge.spawn(start, heartbeat, rescuer, completer)
+        aside = [rescuer, *schedulers(executor.backend, self.queue.schedules)]
+        # What a dead worker left, and the ticks missed while no worker ran, are due now.
+        for service in aside:
+            await bridge.spawn(service.safe_tick)
+        await bridge.spawn(start, heartbeat, *aside, completer)
         try:
             with self._signals():
                 log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
@@ -87,7 +91,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
             # As the sync worker: the last acks go first, while the heartbeat still
             # keeps the finished tasks' leases.
             await bridge.spawn(stop, completer, final=True)
-            await bridge.spawn(stop, heartbeat, rescuer)
+            await bridge.spawn(stop, heartbeat, *aside)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
