@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from .backend import Backend
 from .errors import NoWorkerContextError, TaskTimeoutError
-from .models import JobMixin
+from .models import RUNNING, TASK, JobMixin
 from .tasks import Task
 
 
@@ -141,14 +141,28 @@ def current_task() -> Task:
 
 
 def current_job() -> JobMixin:
-    """The running job's row, loaded through `current_session()`."""
+    """The running job's row: loaded through `current_session()`, or in an `AsyncQueue`'s
+    handler (which cannot wait for a load) a transient `Job` of what the claim returned.
+
+    Its `run_at` is when the job was due: a periodic task's tick, until a retry moves it.
+    """
     context = _context()
+    model, task = context.backend.statements.model, context.task
     if context.backend.binding.asynchronous:
-        raise NoWorkerContextError(
-            "in an AsyncQueue's handler, load it with "
-            "`await current_async_session().get(Job, current_task().id)`"
-        )
-    job = context.open_session().get(context.backend.statements.model, context.task.id)
+        claimed = {
+            "id": task.id,
+            "queue": context.backend.queue_name,
+            "kind": TASK,
+            "tag": task.name,
+            "data": {"args": list(task.args), "kwargs": task.kwargs},
+            "state": RUNNING,
+            "priority": task.priority,
+            "attempts": task.attempts,
+            "run_at": task.run_at,
+            "locked_by": task.token,
+        }
+        return model(**claimed)
+    job = context.open_session().get(model, task.id)
     if job is None:
         raise NoWorkerContextError(f"job {context.task.id} is no longer in the queue table")
     return job

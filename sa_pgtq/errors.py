@@ -50,6 +50,10 @@ class InvalidBatchError(InvalidInputError, TypeError):
     """A batch (`enqueue_many`, `push_many`, `requeue_failed`) is not a collection of items."""
 
 
+class InvalidScheduleError(InvalidInputError, TypeError):
+    """A periodic schedule (`q.periodic`) is malformed: cron, every, timezone or its handler."""
+
+
 class InvalidSessionError(SaPgtqError, TypeError):
     """`session=` is neither a Session, a scoped_session registry nor a Connection."""
 

@@ -104,17 +104,27 @@ class Executor:
                 _warn_if_lost(len(finished.ids) - removed)
                 finished = None
             tasks = []
-            calls = decode_calls([data for _, _, data, _ in claimed])
-            for (task_id, name, _, attempts), call in zip(claimed, calls, strict=True):
-                if isinstance(call, Exception):
-                    # A payload no handler can take never will: fail it for good, visibly.
-                    broken = Task(task_id, name, (), {}, attempts, token, self, lease, caller)
-                    self.record_failure(broken, call, final=True)
-                    continue
-                args, kwargs = call
-                tasks.append(
-                    Task(task_id, name, args, kwargs, attempts, token, self, lease, caller)
+            calls = decode_calls([row.data for row in claimed])
+            for row, call in zip(claimed, calls, strict=True):
+                # A payload no handler can take never will: fail it for good, visibly.
+                args, kwargs = ((), {}) if isinstance(call, Exception) else call
+                task = Task(
+                    row.id,
+                    row.name,
+                    args,
+                    kwargs,
+                    row.attempts,
+                    row.priority,
+                    row.run_at,
+                    token,
+                    self,
+                    lease,
+                    caller,
                 )
+                if isinstance(call, Exception):
+                    self.record_failure(task, call, final=True)
+                else:
+                    tasks.append(task)
             if tasks or not claimed:
                 return tasks
 

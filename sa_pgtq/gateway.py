@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, inspect, literal, select, text
 from sqlalchemy.engine import RowMapping
@@ -287,9 +287,16 @@ def requeue_failed(
 
 _NOTHING_DONE = Finished("")
 
-#: A claimed task as `claim_tasks` returns it: id, handler name, data (JSON text, decoded
-#: with a bound on its nesting by the caller), attempts (tries started, this one included).
-ClaimedTask = tuple[int, str, str, int]
+
+class ClaimedTask(NamedTuple):
+    """A claimed task as `claim_tasks` returns it."""
+
+    id: int
+    name: str  # the handler's
+    data: str  # JSON text, decoded with a bound on its nesting by the caller
+    attempts: int  # tries started, this one included
+    priority: int
+    run_at: datetime  # when it was due (a periodic task's tick, unless it was retried)
 
 
 def claim_tasks(
@@ -324,7 +331,7 @@ def claim_tasks(
     removed = int(rows[0][0])
     if rows[0][1] is None:  # nothing claimed: the one row only carries the count
         return removed, []
-    return removed, [(row[1], row[2], row[3], row[4]) for row in rows]
+    return removed, [ClaimedTask(*row[1:7]) for row in rows]  # a notice may follow
 
 
 def acknowledge_tasks(
@@ -398,6 +405,23 @@ def rescue_expired(conn: Connection, table: Statements, queue_name: str) -> int:
 def seconds_until_next_task(conn: Connection, table: Statements, queue_name: str) -> float | None:
     params = {"queue_name": queue_name}
     return _seconds(conn.execute(table.seconds_until_next_task, params).scalar())
+
+
+# -- periodic tasks ----------------------------------------------------------------
+
+
+def insert_tick_job(
+    conn: Connection, table: Statements, queue_name: str, name: str, tick: datetime, data: str
+) -> int | None:
+    """The job of periodic task `name` for `tick`, in one statement; its id.
+
+    None if this tick (or a later one) was already turned into a job, by this worker
+    or another, or if this is the schedule's first sight: the tick is then only
+    recorded, and the next one will run.
+    """
+    params = {"queue_name": queue_name, "schedule": name, "tick": tick, "data": data}
+    row = conn.execute(table.insert_tick_job, params).first()
+    return None if row is None else int(row[0])
 
 
 # -- the listener's connection -------------------------------------------------------

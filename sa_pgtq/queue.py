@@ -44,6 +44,7 @@ from .models import (
     JobMixin,
     job_model,
 )
+from .schedules import ScheduleRegistry
 from .statements import statements_for
 from .tasks import Task
 
@@ -93,6 +94,8 @@ class Queue:
         self.backend = Backend(binding, statements_for(self.model), name, kept_for)
         #: The task handlers registered on this queue, by name.
         self.handlers = HandlerRegistry(self.backend)
+        #: The periodic tasks of this queue (see `periodic`), run by its workers.
+        self.schedules = ScheduleRegistry(self.backend)
         self.executor = Executor(self.backend, self.handlers)
 
     def __repr__(self) -> str:
@@ -335,6 +338,25 @@ class Queue:
         `TaskTimeoutError` (None: the worker's default, if any).
         """
         return self.handlers.decorator(name, max_attempts, retry_delay, timeout)
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        kwargs: dict[str, Any] | None = None,
+    ) -> Callable[[Handler[P, R]], Handler[P, R]]:
+        """Run a handler periodically: `@q.periodic(every=60)` on top of `@q.handler()`.
+
+        `cron` is a cron expression (five fields, or six with seconds first; needs
+        `sa_pgtq[cron]`) evaluated in `timezone` (an IANA name); `every` a timedelta
+        or seconds, ticking at its multiples since the Unix epoch. Each tick becomes
+        one job (called with `kwargs`, its `run_at` the tick) however many workers
+        run; ticks missed while no worker ran make one job when one is back. The
+        schedule's first sight only records the current tick: the next one runs.
+        """
+        return self.schedules.decorator(cron, every, timezone, kwargs)
 
     def pop(self, session: Caller | None = None, *, lease: float | None = None) -> Task | None:
         """Claim the next due task under a lease of `lease` seconds; run it with `task.run()`.

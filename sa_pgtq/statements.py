@@ -53,6 +53,7 @@ from .models import (
     SUCCEEDED,
     TASK,
     JobMixin,
+    side_tables,
 )
 from .schema import CHANNEL
 
@@ -275,6 +276,7 @@ class Statements:
             .returning(c.id)
         )
         self._task_statements()
+        self._periodic_statements()
 
         #: queue_name, kind, tag -> wake their listeners (INSERTs do this in their RETURNING)
         self.notify: Select[Any] = select(_wake_listeners(table, queue, kind, tag))
@@ -407,6 +409,8 @@ class Statements:
                     claimed.c.tag,
                     claimed.c.data,
                     claimed.c.attempts,
+                    claimed.c.priority,
+                    claimed.c.run_at,
                     *self._wake_waiters(acked, retain),
                 )
                 .select_from(select(literal_column("1")).subquery("one").outerjoin(claimed, true()))
@@ -544,6 +548,53 @@ class Statements:
     def _finished_notice(self, queue: Any) -> ColumnElement[Any]:
         """Wake the `result()` waiters of `queue`: one of its jobs has finished."""
         return _wake_listeners(self.table, queue, literal(FINISHED), literal(""))
+
+    def _periodic_statements(self) -> None:
+        table = self.table
+        ticks = side_tables(str(table.name), table.metadata)[1]
+        queue = bindparam("queue_name", type_=Text)
+        # Not "name": an UPDATE would take a parameter named after a column for its SET.
+        name = bindparam("schedule", type_=Text)
+        tick = bindparam("tick", type_=TIMESTAMP(timezone=True))
+        # Exactly once per tick, however many workers offer it: the tick's row in `ticks`
+        # is a compare-and-set, and the job is inserted only by the statement that moved
+        # it forward. A concurrent offer of the same tick waits for the row lock, then
+        # finds `last_tick < tick` false. Offering a later tick jumps straight to it:
+        # the ticks missed while no worker ran make one job, not one each.
+        won = (
+            update(ticks)
+            .where(ticks.c.queue == queue, ticks.c.name == name, ticks.c.last_tick < tick)
+            .values(last_tick=tick)
+            .returning(ticks.c.name)
+            .cte("won")
+        )
+        # First sight of a schedule records the tick without running it (a daily task
+        # deployed at noon waits for midnight). Both CTEs read the statement's snapshot:
+        # `won` never sees the row `seen` inserts, so a first sight inserts no job.
+        seen = (
+            upsert(ticks)
+            .values(queue=queue, name=name, last_tick=tick)
+            .on_conflict_do_nothing()
+            .cte("seen")
+        )
+        #: queue_name, schedule (the handler's name), tick, data (JSON text) -> the id of the
+        #: tick's job (kind task, tag schedule, run_at tick), or no row: first sight, or old
+        self.insert_tick_job: ReturningInsert[Any] = (
+            insert(table)
+            .from_select(
+                ["queue", "kind", "tag", "data", "run_at"],
+                # Cast: asyncpg infers no type for a parameter in a SELECT list.
+                select(
+                    cast(queue, Text),
+                    const(TASK),
+                    cast(name, Text),
+                    cast(bindparam("data", type_=Text), JSONB),
+                    cast(tick, TIMESTAMP(timezone=True)),
+                ).select_from(won),
+            )
+            .returning(table.c.id, _notify_if_due(table))
+            .add_cte(seen)
+        )
 
 
 _built: dict[type[JobMixin], Statements] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -52,6 +53,8 @@ class Task:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     attempts: int  # tries started, this one included
+    priority: int
+    run_at: datetime  # when it was due: a periodic task's tick (a retry's, once retried)
     token: str = field(repr=False)  # identifies this claim; a lost lease makes it stale
     runner: TaskRunner = field(repr=False, compare=False)
     lease: float = field(repr=False)  # seconds the claim stays valid without a renewal

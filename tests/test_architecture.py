@@ -11,15 +11,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sa_pgtq"
 # folder (worker.*); anything else, lazy or TYPE_CHECKING imports included, is a cycle
 # waiting to happen.
 LAYERS = [
-    {"errors", "models", "embedded", "bridge", "runner"},
+    {"errors", "models", "embedded", "bridge", "runner", "tasks"},
     {"periodic"},
-    {"validation", "schema"},
+    {"validation", "schema", "ticks"},
     {"statements"},
     {"gateway", "binding"},
-    {"notifications", "backend", "tasks"},
+    {"notifications", "backend"},
     {"listener"},
     {"context", "handlers", "leases"},
-    {"execution", "consuming"},
+    {"execution", "consuming", "schedules"},
     {"queue"},
     {"q4pg", "pgtq"},
     {"worker"},

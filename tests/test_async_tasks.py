@@ -329,7 +329,6 @@ def test_current_async_session_commits_with_the_job_and_rolls_back_with_a_failur
         ("async def", sa_pgtq.current_session),
         ("def", sa_pgtq.current_session),
         ("def", sa_pgtq.current_async_session),  # a thread, outside the job's transaction
-        ("async def", sa_pgtq.current_job),
     ],
 )
 def test_the_wrong_context_function_is_a_clear_error(

@@ -35,7 +35,7 @@ def test_acks_heartbeats_and_releases_find_tasks_by_primary_key(q: sa_pgtq.Queue
     with q.engine.begin() as conn:
         _, claimed = gateway.claim_tasks(conn, statements, q.name, 100, "token", 30)
         conn.execute(text(f"ANALYZE {q.table_name}"))
-    ids = [task_id for task_id, _, _, _ in claimed]
+    ids = [task.id for task in claimed]
     held = {"ids": ids, "token": "token"}
     results = {**held, "results": ['{"a": 1}'] * len(ids)}
     with q.engine.connect() as conn:

@@ -342,7 +342,7 @@ def test_a_claim_removes_an_earlier_claims_finished_tasks(tq: sa_pgtq.Queue) -> 
     statements = statements_for(tq.model)
     with tq.engine.connect() as conn:
         _, first = gateway.claim_tasks(conn, statements, tq.name, 2, "a", 30)
-        ids = [task_id for task_id, _, _, _ in first]
+        ids = [task.id for task in first]
         # Finished under another token (a lease lost and taken over): kept.
         lost = Finished("x", ids, [None] * 2)
         removed, _ = gateway.claim_tasks(conn, statements, tq.name, 0, "b", 30, lost)
@@ -351,8 +351,8 @@ def test_a_claim_removes_an_earlier_claims_finished_tasks(tq: sa_pgtq.Queue) -> 
         removed, second = gateway.claim_tasks(conn, statements, tq.name, 9, "c", 30, done)
         conn.commit()
     assert removed == 2
-    assert [n for _, _, _, n in second] == [1, 1, 1]  # attempts: tries started
+    assert [task.attempts for task in second] == [1, 1, 1]  # tries started
     assert [task.id for task in tq.failed()] == []
     with tq.engine.connect() as conn:
         left = conn.execute(text("SELECT id FROM sa_pgtq_jobs ORDER BY id")).scalars().all()
-    assert left == [task_id for task_id, _, _, _ in second]
+    assert left == [task.id for task in second]

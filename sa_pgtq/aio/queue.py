@@ -24,6 +24,7 @@ from ..execution import Executor
 from ..handlers import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, HandlerRegistry, P, R
 from ..models import JobMixin
 from ..queue import DEFAULT_POLL_INTERVAL, Queue
+from ..schedules import ScheduleRegistry
 from .consuming import AsyncListening, Held
 from .handlers import AsyncHandler, AsyncTask
 
@@ -94,6 +95,10 @@ class AsyncQueue:
     @property
     def handlers(self) -> HandlerRegistry:
         return self.sync.handlers
+
+    @property
+    def schedules(self) -> ScheduleRegistry:
+        return self.sync.schedules
 
     @property
     def executor(self) -> Executor:
@@ -248,6 +253,23 @@ class AsyncQueue:
             name, max_attempts=max_attempts, retry_delay=retry_delay, timeout=timeout
         )
         return lambda func: AsyncHandler(register(func))
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        kwargs: dict[str, Any] | None = None,
+    ) -> Callable[[AsyncHandler[P, R]], AsyncHandler[P, R]]:
+        """Run a handler periodically, on top of `@q.handler()`. See `Queue.periodic`."""
+        register = self.sync.periodic(cron=cron, every=every, timezone=timezone, kwargs=kwargs)
+
+        def decorate(handler: AsyncHandler[P, R]) -> AsyncHandler[P, R]:
+            register(handler.sync if isinstance(handler, AsyncHandler) else handler)
+            return handler
+
+        return decorate
 
     async def pop(
         self, session: AsyncCaller | None = None, *, lease: float | None = None

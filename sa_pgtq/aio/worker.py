@@ -2,8 +2,8 @@
 
     await sa_pgtq.AsyncWorker(q, concurrency=50).run(burst=False)
 
-The services are the sync worker's (completer, heartbeat, rescuer), ticking as
-tasks of the event loop through the greenlet bridge. What is written for
+The services are the sync worker's (completer, heartbeat, rescuer, scheduler),
+ticking as tasks of the event loop through the greenlet bridge. What is written for
 asyncio is the dispatch: one fetcher claims batches (FOR UPDATE SKIP LOCKED)
 into a buffer while `concurrency` slots take tasks from it and run them, each
 run the executor's own, its handler awaited on the loop.
@@ -32,6 +32,7 @@ from ..worker.completer import Completer
 from ..worker.producer import idle_seconds, task_listener
 from ..worker.pruner import pruners
 from ..worker.rescuer import Rescuer
+from ..worker.scheduler import schedulers
 from .queue import AsyncQueue
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,15 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
         completer = Completer(executor, leases)
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
-        aside = [heartbeat, rescuer, *pruners(executor.backend)]
-        await bridge.spawn(rescuer.safe_tick)  # what a dead worker left is due now
-        await bridge.spawn(start, *aside, completer)
+        aside = [
+            rescuer,
+            *schedulers(executor.backend, self.queue.schedules),
+            *pruners(executor.backend),
+        ]
+        # What a dead worker left, and the ticks missed while no worker ran, are due now.
+        for service in aside:
+            await bridge.spawn(service.safe_tick)
+        await bridge.spawn(start, heartbeat, *aside, completer)
         try:
             with self._signals():
                 log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
@@ -89,7 +96,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
             # As the sync worker: the last acks go first, while the heartbeat still
             # keeps the finished tasks' leases.
             await bridge.spawn(stop, completer, final=True)
-            await bridge.spawn(stop, *aside)
+            await bridge.spawn(stop, heartbeat, *aside)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

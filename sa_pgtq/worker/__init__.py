@@ -7,8 +7,9 @@ A worker is a few small services with one duty each: producers claim batches
 with FOR UPDATE SKIP LOCKED and run them (one thread per concurrency slot);
 the completer acknowledges finished tasks in batches; the heartbeat keeps the
 leases of everything held alive; the rescuer requeues tasks whose worker died,
-so a killed worker never loses a job; with a retention, the pruner deletes
-finished jobs once they are old enough. Several processes on several machines
+so a killed worker never loses a job; the scheduler turns the ticks of
+periodic tasks into jobs; with a retention, the pruner deletes finished jobs
+once they are old enough. Several processes on several machines
 may share one table.
 """
 
@@ -30,6 +31,7 @@ from .completer import Completer
 from .producer import Producer
 from .pruner import pruners
 from .rescuer import Rescuer
+from .scheduler import schedulers
 
 __all__ = ["Worker", "main_loop"]
 
@@ -52,8 +54,15 @@ class Worker(BaseWorker[Queue]):
         completer = Completer(executor, leases)
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
-        rescuer.safe_tick()  # what a dead worker left is due now, for a burst run too
-        aside = [heartbeat, rescuer, *pruners(executor.backend)]
+        aside = [
+            rescuer,
+            *schedulers(executor.backend, self.queue.schedules),
+            *pruners(executor.backend),
+        ]
+        # What a dead worker left, and the ticks missed while no worker ran, are due now,
+        # for a burst run too.
+        for service in aside:
+            service.safe_tick()
         producer = Producer(
             executor,
             leases,
@@ -64,7 +73,7 @@ class Worker(BaseWorker[Queue]):
             poll_interval=self.poll_interval,
             timeout=self.timeout,
         )
-        with self._signals(), _running(*aside), _running(completer, final=True):
+        with self._signals(), _running(heartbeat, *aside), _running(completer, final=True):
             log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
             # Every producer runs in a thread of its own, so the main thread stays free
             # to take signals even while a handler is stuck in C code (a query, a
