@@ -370,3 +370,55 @@ def test_a_host_app_runs_the_branch_from_the_installed_package(
     host_alembic("downgrade", "sa_pgtq@base")
     with create_engine(url).connect() as conn:
         assert snapshot(conn) == []
+
+
+V1_JOBS = text(
+    """
+    INSERT INTO sa_pgtq_jobs (queue, kind, tag, data, state, attempts, lease_expires_at,
+                              locked_by, last_error)
+    VALUES ('default', 'task', 'add', '{"args": [1, 2], "kwargs": {}}', 'queued', 0,
+            NULL, NULL, NULL),
+           ('default', 'task', 'add', '{"args": [3, 4], "kwargs": {}}', 'running', 1,
+            now() - interval '1 minute', 'a-worker-that-died', NULL),
+           ('default', 'task', 'add', '{"args": [5, 6], "kwargs": {}}', 'failed', 5,
+            NULL, NULL, 'RuntimeError: it failed under version 1'),
+           ('default', 'message', 'email', '"hello"', 'queued', 0, NULL, NULL, NULL)
+    """
+)
+
+
+def test_version_4_upgrades_live_jobs_from_version_1_and_goes_back(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    alembic(url, "upgrade", "sa_pgtq_0001")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        v1 = snapshot(conn)
+    with engine.begin() as conn:
+        conn.execute(V1_JOBS)  # queued, running (its worker died), failed, and a message
+
+    alembic(url, "upgrade", "head")
+    with engine.connect() as conn:
+        assert ("comment", "sa_pgtq schema version 4") in snapshot(conn)
+    q = sa_pgtq.Queue(engine, retention=3600)
+
+    @q.handler()
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert [job.state for job in q.failed()] == ["failed"]
+    sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)  # rescues the running one
+    assert q.result(1) == 3 and q.result(2) == 7
+    assert q.requeue_failed() == 1
+    sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)
+    assert q.result(3) == 11
+    assert q.dequeue_immediate("email") == "hello"
+    assert add.options(unique_key="k").push(0, 0) == add.options(unique_key="k").push(1, 1)
+
+    alembic(url, "downgrade", "sa_pgtq_0001")
+    with engine.connect() as conn:
+        assert snapshot(conn) == v1
+        left = conn.execute(text("SELECT state, data FROM sa_pgtq_jobs")).all()
+    assert left == [("queued", {"args": [0, 0], "kwargs": {}})], "finished rows went with v4"
+    engine.dispose()
