@@ -219,6 +219,19 @@ class AsyncQueue:
         """Queue failed jobs again with fresh attempts (all of this queue's, or just `job_ids`)."""
         return await self._run(session, self.sync.requeue_failed, job_ids)
 
+    # -- pausing -------------------------------------------------------------
+
+    async def pause(self, session: AsyncCaller | None = None) -> None:
+        """Stop handing out this queue's tasks until `resume()`. See `Queue.pause`."""
+        await self._run(session, self.sync.pause)
+
+    async def resume(self, session: AsyncCaller | None = None) -> None:
+        """Hand out this queue's tasks again; idle workers are woken to claim at once."""
+        await self._run(session, self.sync.resume)
+
+    async def is_paused(self, session: AsyncCaller | None = None) -> bool:
+        return await self._run(session, self.sync.is_paused)
+
     # -- task layer ----------------------------------------------------------
 
     def handler(
