@@ -282,6 +282,23 @@ def requeue_failed(
     return len(requeued)
 
 
+# -- pausing -----------------------------------------------------------------------
+
+
+def pause_queue(conn: Connection, table: Statements, queue_name: str) -> None:
+    """Mark the queue paused (claims of its tasks find nothing) and say so to listeners."""
+    conn.execute(table.pause, {"queue_name": queue_name})
+
+
+def resume_queue(conn: Connection, table: Statements, queue_name: str) -> None:
+    """Unpause the queue, if paused, and wake its idle workers."""
+    conn.execute(table.resume, {"queue_name": queue_name})
+
+
+def queue_paused(conn: Connection, table: Statements, queue_name: str) -> bool:
+    return bool(conn.execute(table.is_paused, {"queue_name": queue_name}).scalar_one())
+
+
 # -- tasks -------------------------------------------------------------------------
 
 

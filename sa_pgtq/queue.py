@@ -320,6 +320,24 @@ class Queue:
                         )
                 listener.wait(left)
 
+    # -- pausing -------------------------------------------------------------
+
+    def pause(self, session: Caller | None = None) -> None:
+        """Stop handing out this queue's tasks, to every worker and `pop()`, until `resume()`.
+
+        Stored in the database, so it holds for every worker, those started later too;
+        each one's next claim finds nothing. Tasks already claimed still run, and
+        pushing still works. The message layer (`dequeue`, `listen`) is not paused.
+        """
+        self.backend.run(session, gateway.pause_queue, self.name)
+
+    def resume(self, session: Caller | None = None) -> None:
+        """Hand out this queue's tasks again; idle workers are woken to claim at once."""
+        self.backend.run(session, gateway.resume_queue, self.name)
+
+    def is_paused(self, session: Caller | None = None) -> bool:
+        return self.backend.run(session, gateway.queue_paused, self.name)
+
     # -- task layer ----------------------------------------------------------
 
     def handler(

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Interval,
     Select,
+    Table,
     Text,
     Update,
     and_,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     cast,
     column,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -44,6 +46,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 from .models import (
     ACTIVE,
+    CONTROL,
     FAILED,
     FINISHED,
     MESSAGE,
@@ -108,6 +111,74 @@ def _notify_if_due(table: Any) -> ColumnElement[Any]:
     c = table.c
     due = and_(c.state == const(QUEUED), c.run_at <= func.clock_timestamp())
     return case((due, _wake_listeners(table, c.queue, c.kind, c.tag)))
+
+
+def _wake_workers_if_locked(table: Any) -> ColumnElement[Any]:
+    """For the RETURNING of a statement that ends running tasks: wake the queue's workers
+    when the task held a lock, so that an idle one claims the next task of its line.
+
+    That task has been due for long, so no idle worker counts it as due soon (see
+    `_seconds_until_due`): without the NOTIFY it would wait for the next poll. A task
+    without a lock costs one null test.
+    """
+    c = table.c
+    wake = _wake_listeners(table, c.queue, const(TASK), literal("", Text))
+    return case((c.lock_key.is_not(None), wake))
+
+
+def _paused(queues: Table, queue: ColumnElement[str]) -> ColumnElement[bool]:
+    return exists().where(queues.c.queue == queue, queues.c.paused_at.is_not(None))
+
+
+def _lock_free(table: Any, *, first_in_line: bool) -> ColumnElement[bool]:
+    """The candidate has no lock, or no task of the queue with its lock is running (and,
+    `first_in_line`, no due one comes before it in dequeue order).
+
+    The OR stops at `lock_key IS NULL`: a task without a lock costs no probe. Only a
+    line's head is claimable, so one claim never takes two tasks of a lock, nor do two
+    concurrent claims: the other's candidate is still queued ahead in this snapshot, or
+    already running (the unique index of holders is only the guard). The head is the
+    line's first due entry on its partial index; the holder is probed only for a head
+    (the AND is evaluated in order), at most once per lock a claim walks past.
+    """
+    c = table.c
+    free: ColumnElement[bool] = _holder(table).is_(None)
+    if first_in_line:
+        free = and_(c.id == _head_of_line(table), free)
+    return or_(c.lock_key.is_(None), free)
+
+
+def _holder(table: Any) -> ColumnElement[Any]:
+    # Indexed columns only: the planner takes it as an index-only probe of the unique
+    # index of holders, where `SELECT id` may walk every running row of the queue on the
+    # index of running rows. A NOT EXISTS here may become a hashed subplan over every
+    # running row of the table.
+    c, holder = table.c, table.alias("holder")
+    return (
+        select(holder.c.lock_key)
+        .where(
+            holder.c.queue == c.queue,
+            holder.c.lock_key == c.lock_key,
+            holder.c.state == const(RUNNING),
+        )
+        .scalar_subquery()
+    )
+
+
+def _head_of_line(table: Any) -> ColumnElement[Any]:
+    c, line = table.c, table.alias("line")
+    return (
+        select(line.c.id)
+        .where(
+            line.c.queue == c.queue,
+            line.c.lock_key == c.lock_key,
+            line.c.state == const(QUEUED),
+            line.c.run_at <= func.now(),
+        )
+        .order_by(line.c.priority.desc(), line.c.run_at, line.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 #: The order messages are handed out in: sa_pgtq's (priority, then run_at, then
@@ -275,6 +346,9 @@ class Statements:
             )
             .returning(c.id)
         )
+        #: The side table of paused queues.
+        self.queues: Table = side_tables(str(table.name), table.metadata)[0]
+        self._pause_statements()
         self._task_statements()
         self._periodic_statements()
 
@@ -345,6 +419,35 @@ class Statements:
             c.state.in_([const(s) for s in ACTIVE]),
         )
 
+    def _pause_statements(self) -> None:
+        """Pausing a queue: its row in the side table, and word to whoever listens."""
+        queues = self.queues
+        queue = bindparam("queue_name", type_=Text)
+        control = const(CONTROL)
+        #: queue_name -> pause it (kept as first paused: pausing again changes nothing)
+        self.pause: ReturningInsert[Any] = (
+            upsert(queues)
+            .values(queue=queue, paused_at=func.now())
+            .on_conflict_do_update(
+                index_elements=[queues.c.queue],
+                set_={"paused_at": func.coalesce(queues.c.paused_at, func.now())},
+            )
+            .returning(_wake_listeners(self.table, queue, control, literal("pause", Text)))
+        )
+        # Resuming wakes the idle workers (a TASK notification), so they claim at once.
+        #: queue_name -> resume it if paused
+        self.resume: ReturningUpdate[Any] = (
+            update(queues)
+            .where(queues.c.queue == queue, queues.c.paused_at.is_not(None))
+            .values(paused_at=None)
+            .returning(
+                _wake_listeners(self.table, queue, control, literal("resume", Text)),
+                _wake_listeners(self.table, queue, const(TASK), literal("", Text)),
+            )
+        )
+        #: queue_name -> whether it is paused
+        self.is_paused: Select[Any] = select(_paused(queues, queue))
+
     def _task_statements(self) -> None:
         table, c = self.table, self.table.c
         queue = bindparam("queue_name", type_=Text)
@@ -361,6 +464,9 @@ class Statements:
         # By id and token, the primary key finds the rows.
         mine = and_(c.id == any_(ids), c.locked_by == token)
         released = {"locked_by": None, "lease_expires_at": None}
+        # A paused queue hands out nothing. Uncorrelated: the planner checks it once per
+        # statement (an InitPlan), not per row, and a pause needs no message to take hold.
+        not_paused = not_(_paused(self.queues, queue))
 
         # `attempts` counts tries started, so a job that kills its workers still runs out.
         # `id = ANY(ARRAY(SELECT ...))`, not `id IN (SELECT ...)`: the locking subquery runs
@@ -368,7 +474,12 @@ class Statements:
         # took three times as long to plan (psycopg2 plans every execution).
         chosen = (
             select(c.id)
-            .where(waiting_tasks, c.run_at <= func.now())
+            .where(
+                waiting_tasks,
+                c.run_at <= func.now(),
+                not_paused,
+                _lock_free(table, first_in_line=True),
+            )
             .order_by(*self.dequeue_order)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
@@ -434,13 +545,18 @@ class Statements:
                 finished_at=case((state == const(FAILED), func.clock_timestamp())),
                 **released,
             )
-            .returning(c.id, case((c.state == const(FAILED), self._finished_notice(c.queue))))
+            .returning(
+                c.id,
+                case((c.state == const(FAILED), self._finished_notice(c.queue))),
+                _wake_workers_if_locked(table),
+            )
         )
         #: ids, token -> put back claimed tasks that never started (graceful shutdown)
-        self.release_tasks: Update = (
+        self.release_tasks: ReturningUpdate[Any] = (
             update(table)
             .where(mine)
             .values(state=const(QUEUED), attempts=c.attempts - 1, **released)
+            .returning(_wake_workers_if_locked(table))
         )
         #: ids, token, lease -> ids whose lease was extended (the rest were lost)
         self.heartbeat: ReturningUpdate[Any] = (
@@ -462,8 +578,13 @@ class Statements:
             )
             .returning(c.id)
         )
-        #: queue_name -> seconds until the earliest waiting task is due (None: there is none)
-        self.seconds_until_next_task = _seconds_until_due(table, waiting_tasks)
+        #: queue_name -> seconds until the earliest waiting task is due (None: there is none,
+        #: or the queue is paused). A task behind a held lock does not count: the holder's
+        #: end wakes the workers. Which task heads its lock's line is known only once they
+        #: are due, so that is left to the claim.
+        self.seconds_until_next_task = _seconds_until_due(
+            table, and_(waiting_tasks, not_paused, _lock_free(table, first_in_line=False))
+        )
         #: queue_name, tag (None: any) -> failed jobs (every column), oldest first
         self.list_failed: Select[Any] = (
             select(*self.every_column)
@@ -518,7 +639,11 @@ class Statements:
         ids = bindparam(f"{prefix}ids", type_=ARRAY(BigInteger))
         token = bindparam(f"{prefix}token", type_=Text)
         if not retain:
-            return delete(table).where(c.id == any_(ids), c.locked_by == token).returning(c.id)
+            return (
+                delete(table)
+                .where(c.id == any_(ids), c.locked_by == token)
+                .returning(c.id, _wake_workers_if_locked(table))
+            )
         done = (
             func.unnest(ids, cast(bindparam(f"{prefix}results", type_=ARRAY(Text)), ARRAY(Text)))
             .table_valued(column("id", BigInteger), column("result", Text))
@@ -534,7 +659,7 @@ class Statements:
                 locked_by=None,
                 lease_expires_at=None,
             )
-            .returning(c.id)
+            .returning(c.id, _wake_workers_if_locked(table))
         )
 
     def _wake_waiters(self, acked: Any, retain: bool) -> list[ScalarSelect[Any]]:

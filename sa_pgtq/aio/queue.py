@@ -234,6 +234,19 @@ class AsyncQueue:
         """The result of a task once it has succeeded. See `Queue.result`."""
         return await bridge.spawn(self.sync.result, job_id, timeout)
 
+    # -- pausing -------------------------------------------------------------
+
+    async def pause(self, session: AsyncCaller | None = None) -> None:
+        """Stop handing out this queue's tasks until `resume()`. See `Queue.pause`."""
+        await self._run(session, self.sync.pause)
+
+    async def resume(self, session: AsyncCaller | None = None) -> None:
+        """Hand out this queue's tasks again; idle workers are woken to claim at once."""
+        await self._run(session, self.sync.resume)
+
+    async def is_paused(self, session: AsyncCaller | None = None) -> bool:
+        return await self._run(session, self.sync.is_paused)
+
     # -- task layer ----------------------------------------------------------
 
     def handler(
