@@ -172,10 +172,26 @@ def seconds_until_next_message(
     return _seconds(conn.execute(table.seconds_until_next_message, params).scalar())
 
 
-def cancel_job(conn: Connection, table: Statements, queue_name: str, job_id: int) -> bool:
-    """Delete a waiting or failed job; False if absent, another queue's, or being worked on."""
+def cancel_job(
+    conn: Connection, table: Statements, queue_name: str, job_id: int, *, keep: bool
+) -> bool:
+    """End a waiting or failed job as cancelled (`keep`: kept as such, else deleted).
+
+    False if absent, another queue's, or being worked on.
+    """
     params = {"job_id": job_id, "queue_name": queue_name}
-    return conn.execute(table.cancel, params).first() is not None
+    return conn.execute(table.cancel[keep], params).first() is not None
+
+
+def abort_job(
+    conn: Connection, table: Statements, queue_name: str, job_id: int, *, keep: bool
+) -> bool:
+    """Cancel a queued job (`keep`: kept as such), or ask a running one's worker to abort it.
+
+    False if absent, another queue's, or finished.
+    """
+    params = {"job_id": job_id, "queue_name": queue_name}
+    return conn.execute(table.abort[keep], params).first() is not None
 
 
 def list_failed(

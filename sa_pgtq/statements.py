@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ColumnElement,
+    Delete,
     Interval,
     Select,
     Text,
@@ -38,7 +39,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
-from .models import FAILED, MESSAGE, QUEUED, RUNNING, TASK, JobMixin
+from .models import (
+    ABORT,
+    CANCELLED,
+    CONTROL,
+    FAILED,
+    FINISHED,
+    MESSAGE,
+    QUEUED,
+    RUNNING,
+    TASK,
+    JobMixin,
+)
 from .schema import CHANNEL
 
 
@@ -92,6 +104,27 @@ def _notify_if_due(table: Any) -> ColumnElement[Any]:
     c = table.c
     due = and_(c.state == const(QUEUED), c.run_at <= func.clock_timestamp())
     return case((due, _wake_listeners(table, c.queue, c.kind, c.tag)))
+
+
+def _finished(table: Any, queue: Any) -> ColumnElement[Any]:
+    # Wakes whoever waits for a job of the queue to finish (`result()`).
+    return _wake_listeners(table, queue, literal(FINISHED), literal(""))
+
+
+def _cancelled(table: Any, where: ColumnElement[bool], keep: bool) -> Update | Delete:
+    """The jobs `where` selects, ended as cancelled: kept as such (a retention), or deleted."""
+    if not keep:
+        return delete(table).where(where)
+    return (
+        update(table)
+        .where(where)
+        .values(
+            state=const(CANCELLED),
+            finished_at=func.clock_timestamp(),
+            locked_by=None,
+            lease_expires_at=None,
+        )
+    )
 
 
 #: The order messages are handed out in: sa_pgtq's (priority, then run_at, then
@@ -241,26 +274,76 @@ class Statements:
         }
         #: queue_name, tag -> seconds until the earliest waiting message is due (None: none)
         self.seconds_until_next_message = _seconds_until_due(table, waiting_messages)
-        #: job_id, queue -> id if a waiting or failed job was deleted; a locked one is skipped
-        self.cancel: ReturningDelete[Any] = (
-            delete(table)
+        cancellable = (
+            select(c.id)
             .where(
-                c.id
-                == select(c.id)
-                .where(
-                    c.id == bindparam("job_id"),
-                    c.queue == queue,
-                    c.state.in_([const(QUEUED), const(FAILED)]),
-                )
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
+                c.id == bindparam("job_id"),
+                c.queue == queue,
+                c.state.in_([const(QUEUED), const(FAILED)]),
             )
-            .returning(c.id)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
         )
+        #: [keep] job_id, queue -> id if a waiting or failed job was cancelled (kept as such,
+        #: or deleted); a locked one is skipped
+        self.cancel: dict[bool, ReturningUpdate[Any] | ReturningDelete[Any]] = {
+            keep: _cancelled(table, c.id == cancellable, keep).returning(
+                c.id, _finished(table, c.queue)
+            )
+            for keep in (False, True)
+        }
+        self._abort_statements()
         self._task_statements()
 
         #: queue_name, kind, tag -> wake their listeners (INSERTs do this in their RETURNING)
         self.notify: Select[Any] = select(_wake_listeners(table, queue, kind, tag))
+
+    def _abort_statements(self) -> None:
+        table, c = self.table, self.table.c
+        queue = bindparam("queue_name", type_=Text)
+        # One statement decides: the row is locked first (waiting for a claim in flight,
+        # so a job being claimed is aborted as running, not missed), then a queued job is
+        # cancelled and a running one marked; its state as locked says which happened.
+        target = (
+            select(c.id, c.state)
+            .where(
+                c.id == bindparam("job_id"),
+                c.queue == queue,
+                c.state.in_([const(QUEUED), const(RUNNING)]),
+            )
+            .with_for_update()
+            .cte("target")
+        )
+        mine = c.id == target.c.id
+        requested = (
+            update(table)
+            .where(mine, target.c.state == const(RUNNING))
+            .values(abort_requested_at=func.coalesce(c.abort_requested_at, func.clock_timestamp()))
+            .returning(c.id)
+            .cte("requested")
+        )
+        wake = case(
+            (target.c.state == const(QUEUED), _finished(table, queue)),
+            else_=_wake_listeners(table, queue, literal(CONTROL), literal(ABORT)),
+        )
+        #: [keep] job_id, queue_name -> a row if the job was queued (now cancelled: kept as
+        #: such, or deleted) or running (its abort requested, its worker woken)
+        self.abort: dict[bool, Select[Any]] = {
+            keep: select(target.c.id, wake).add_cte(
+                _cancelled(table, and_(mine, target.c.state == const(QUEUED)), keep)
+                .returning(c.id)
+                .cte("ended"),
+                requested,
+            )
+            for keep in (False, True)
+        }
+        #: [keep] job_id, token -> id if the aborted task was still held, now cancelled
+        self.end_aborted: dict[bool, ReturningUpdate[Any] | ReturningDelete[Any]] = {
+            keep: _cancelled(
+                table, and_(c.id == bindparam("job_id"), c.locked_by == bindparam("token")), keep
+            ).returning(c.id, _finished(table, c.queue))
+            for keep in (False, True)
+        }
 
     def _task_statements(self) -> None:
         table, c = self.table, self.table.c
