@@ -433,9 +433,17 @@ class Statements:
             .where(mine)
             .values(state=const(QUEUED), attempts=c.attempts - 1, **released)
         )
-        #: ids, token, lease -> ids whose lease was extended (the rest were lost)
+        #: ids, token, lease -> (id, abort requested) of each task whose lease was extended
+        #: (the rest were lost): the abort flag costs the heartbeat no query of its own
         self.heartbeat: ReturningUpdate[Any] = (
-            update(table).where(mine).values(lease_expires_at=lease_end).returning(c.id)
+            update(table)
+            .where(mine)
+            .values(lease_expires_at=lease_end)
+            .returning(c.id, c.abort_requested_at.is_not(None))
+        )
+        #: ids, token -> ids of the tasks still held whose abort was requested
+        self.abort_requests: Select[Any] = select(c.id).where(
+            mine, c.abort_requested_at.is_not(None)
         )
         #: queue_name -> tasks whose worker stopped renewing its lease, queued again
         self.rescue_expired: ReturningUpdate[Any] = (

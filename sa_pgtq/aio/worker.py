@@ -195,7 +195,7 @@ class _Dispatch:
             self._claiming -= limit
             self._progress.set()
         if tasks:
-            self._leases.hold(tasks[0].token, [task.id for task in tasks])
+            self._leases.hold(tasks)
             for task in tasks:
                 self._ready.put_nowait(task)
 
