@@ -2,7 +2,7 @@
 
     await sa_pgtq.AsyncWorker(q, concurrency=50).run(burst=False)
 
-The services are the sync worker's (completer, heartbeat, rescuer), ticking as
+The services are the sync worker's (completer, heartbeat, rescuer, aborter), ticking as
 tasks of the event loop through the greenlet bridge. What is written for
 asyncio is the dispatch: one fetcher claims batches (FOR UPDATE SKIP LOCKED)
 into a buffer while `concurrency` slots take tasks from it and run them, each
@@ -27,6 +27,7 @@ from ..leases import Heartbeat, Leases
 from ..listener import Listener
 from ..tasks import Task
 from ..worker import start, stop
+from ..worker.aborter import Aborter
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
 from ..worker.producer import idle_seconds, task_listener
@@ -77,8 +78,9 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
         completer = Completer(executor, leases)
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
+        aborter = Aborter(executor.backend, leases, self.poll_interval)
         await bridge.spawn(rescuer.safe_tick)  # what a dead worker left is due now
-        await bridge.spawn(start, heartbeat, rescuer, completer)
+        await bridge.spawn(start, heartbeat, rescuer, completer, aborter)
         try:
             with self._signals():
                 log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
@@ -87,7 +89,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
             # As the sync worker: the last acks go first, while the heartbeat still
             # keeps the finished tasks' leases.
             await bridge.spawn(stop, completer, final=True)
-            await bridge.spawn(stop, heartbeat, rescuer)
+            await bridge.spawn(stop, heartbeat, rescuer, aborter)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

@@ -7,7 +7,8 @@ A worker is a few small services with one duty each: producers claim batches
 with FOR UPDATE SKIP LOCKED and run them (one thread per concurrency slot);
 the completer removes finished tasks in batches; the heartbeat keeps the
 leases of everything held alive; the rescuer requeues tasks whose worker died,
-so a killed worker never loses a job. Several processes on several machines
+so a killed worker never loses a job; the aborter tells running handlers that
+their task was aborted. Several processes on several machines
 may share one table.
 """
 
@@ -24,6 +25,7 @@ from typing import NoReturn
 from ..leases import Heartbeat, Leases
 from ..periodic import Periodic
 from ..queue import Queue
+from .aborter import Aborter
 from .base import BaseWorker
 from .completer import Completer
 from .producer import Producer
@@ -50,6 +52,7 @@ class Worker(BaseWorker[Queue]):
         completer = Completer(executor, leases)
         heartbeat = Heartbeat(executor.backend, leases, self.lease)
         rescuer = Rescuer(executor.backend, self.lease)
+        aborter = Aborter(executor.backend, leases, self.poll_interval)
         rescuer.safe_tick()  # what a dead worker left is due now, for a burst run too
         producer = Producer(
             executor,
@@ -61,7 +64,11 @@ class Worker(BaseWorker[Queue]):
             poll_interval=self.poll_interval,
             timeout=self.timeout,
         )
-        with self._signals(), _running(heartbeat, rescuer), _running(completer, final=True):
+        with (
+            self._signals(),
+            _running(heartbeat, rescuer, aborter),
+            _running(completer, final=True),
+        ):
             log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
             # Every producer runs in a thread of its own, so the main thread stays free
             # to take signals even while a handler is stuck in C code (a query, a
