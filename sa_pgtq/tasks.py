@@ -33,19 +33,21 @@ class AbortSignal:
     """
 
     def __init__(self) -> None:
-        self._requested = threading.Event()
+        # A plain flag, not a threading.Event: every claimed task makes one, and reading
+        # a bool another thread sets is safe; the lock orders a request and a watch.
+        self._requested = False
         self._lock = threading.Lock()
         self._watcher: Callable[[], object] | None = None
 
     @property
     def requested(self) -> bool:
-        return self._requested.is_set()
+        return self._requested
 
     def request(self) -> None:
         with self._lock:
-            if self._requested.is_set():
+            if self._requested:
                 return
-            self._requested.set()
+            self._requested = True
             watcher = self._watcher
         if watcher is not None:
             watcher()
@@ -54,7 +56,7 @@ class AbortSignal:
         """Call `watcher` once the abort is requested (at once if it was); None: stop."""
         with self._lock:
             self._watcher = watcher
-            requested = self._requested.is_set()
+            requested = self._requested
         if requested and watcher is not None:
             watcher()
 

@@ -307,12 +307,15 @@ def test_async_abort_of_queued_absent_and_bad_ids(async_url: str) -> None:
     asyncio.run(main())
 
 
-def test_a_running_async_handler_is_cancelled_within_a_second(async_url: str) -> None:
+@pytest.mark.parametrize("timeout", [None, 60.0])  # awaited in its slot, or as a task
+def test_a_running_async_handler_is_cancelled_within_a_second(
+    async_url: str, timeout: float | None
+) -> None:
     async def main() -> float:
         async with async_queue(async_url) as aq:
             started, cancelled = asyncio.Event(), []
 
-            @aq.handler()
+            @aq.handler(timeout=timeout)
             async def sleepy() -> None:
                 await sa_pgtq.current_async_session().execute(writes.insert().values(n=1))
                 started.set()
@@ -359,3 +362,38 @@ def test_a_plain_def_handler_of_an_async_queue_sees_abort_requested(async_url: s
             return seen[0] - asked
 
     assert asyncio.run(main()) < DELIVERY
+
+
+def test_an_async_handler_that_swallows_the_cancellation_still_ends_cancelled(
+    async_url: str,
+) -> None:
+    async def main() -> None:
+        async with async_queue(async_url) as aq:
+            started, ran = asyncio.Event(), []
+
+            @aq.handler()
+            async def stubborn() -> str:
+                started.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(30)
+                await asyncio.sleep(0.05)  # the slot's task is not left cancelled
+                return "done anyway"
+
+            @aq.handler()
+            async def after() -> None:
+                await asyncio.sleep(0.01)
+                ran.append(1)
+
+            job_id = await stubborn.push()
+            async with async_working(aq, lease=60):
+                await asyncio.wait_for(started.wait(), 10)
+                assert await aq.abort(job_id) is True
+                await after.push()
+                for _ in range(100):
+                    if ran:
+                        break
+                    await asyncio.sleep(0.05)
+            assert ran == [1]
+            assert await async_job(aq.engine, job_id) == ("cancelled", 1, True, 0)
+
+    asyncio.run(main())
