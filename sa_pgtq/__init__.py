@@ -2,7 +2,13 @@
 
 from . import errors, pgtq, q4pg, schema, worker
 from .aio import AsyncHandler, AsyncQueue, AsyncTask, AsyncWorker
-from .context import current_async_session, current_job, current_session, current_task
+from .context import (
+    abort_requested,
+    current_async_session,
+    current_job,
+    current_session,
+    current_task,
+)
 from .handlers import Handler
 from .models import Job, JobMixin
 from .q4pg import QueueManager
@@ -22,6 +28,7 @@ __all__ = [
     "QueueManager",
     "Task",
     "Worker",
+    "abort_requested",
     "current_async_session",
     "current_job",
     "current_session",

@@ -1,4 +1,4 @@
-"""What a running handler can reach: the worker's Session and its own job.
+"""What a running handler can reach: the worker's Session, its own job, an abort request.
 
 Handlers ask for it with functions rather than parameters, so no parameter
 name is ever reserved:
@@ -138,6 +138,16 @@ def current_async_session() -> AsyncSession:
 def current_task() -> Task:
     """The running `Task` (id, name, args, kwargs, attempts)."""
     return _context().task
+
+
+def abort_requested() -> bool:
+    """Whether `abort()` was requested for the running job: a handler checks it and stops.
+
+    It turns True within about a second of the request. An async handler of an
+    `AsyncQueue` need not ask: its coroutine is cancelled (`asyncio.CancelledError`).
+    Whatever the handler does then, the job ends as cancelled and its writes roll back.
+    """
+    return _context().task.abort.requested
 
 
 def current_job() -> JobMixin:

@@ -115,6 +115,10 @@ class TaskTimeoutError(SaPgtqError, TimeoutError):
     """A task ran longer than its handler's `timeout`; the run counts as a failed attempt."""
 
 
+class TaskAbortedError(SaPgtqError):
+    """A task's abort was requested while it ran; it ends as `cancelled`, never retried."""
+
+
 def describe_error(exc: BaseException, limit: int = 20_000) -> str:
     """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row.
 

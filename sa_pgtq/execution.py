@@ -4,6 +4,10 @@ A claim marks tasks `running` under a lease (a deadline the worker keeps
 pushing back) and stamps them with a fresh token. Every later write about a
 task names that token, so a worker that lost its lease (it stalled, another
 worker took the task over) can no longer complete or fail it.
+
+A task whose abort was requested (`Task.abort`, set by the worker's services)
+ends as cancelled whatever its handler did after the request: returned, raised,
+or (an async handler) was cancelled. A task aborted before it started never runs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import random
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy.orm import Session, scoped_session
@@ -30,6 +35,7 @@ from .errors import (
     DataTooDeepError,
     InvalidDataError,
     LeaseLostError,
+    TaskAbortedError,
     TaskArgumentsError,
     TaskResultError,
     UnknownHandlerError,
@@ -45,7 +51,7 @@ from .handlers import (
 )
 from .leases import Heartbeat, Leases
 from .runner import Call, Runner
-from .tasks import Finished, Outcome, Task
+from .tasks import AbortSignal, Finished, Outcome, Task
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +153,14 @@ class Executor:
             return call.result()  # in time, or its outcome was being recorded already
         self._local.runner = None
         runner.abandon()
-        exc = context.timeout_error()
-        self.record_failure(task, exc)
-        return Outcome(succeeded=False, error=exc)
+        return self._failed(task, context.timeout_error())
 
     def run_popped(self, task: Task) -> Outcome:
         """Run a task taken with `Queue.pop()`: its lease is kept alive while it runs."""
         if task.caller is not None:
             return self._run_in_caller(task)
         leases = Leases()
-        leases.hold(task.token, [task.id])
+        leases.hold([task])
         heartbeat = Heartbeat(self.backend, leases, task.lease, own_connection=False)
         heartbeat.start()
         try:
@@ -173,10 +177,15 @@ class Executor:
         task = context.task
         reset = activate(context)
         try:
+            if task.abort.requested:  # while it waited in the worker's buffer
+                raise _aborted(task)
             result = self._call(handler, context, limit)
             stored = self._stored(task, result)
             if not context.finish():
                 return Outcome(succeeded=False, error=context.timeout_error())
+            if task.abort.requested:
+                context.close()  # its writes roll back
+                return self._end_aborted(task)
             if context.session is None:
                 return Outcome(succeeded=True, result=result, needs_ack=True, stored=stored)
             # The handler's writes and the job's completion commit together, or not at all.
@@ -200,11 +209,27 @@ class Executor:
             context.close()  # the handler's uncommitted writes go first
             if not context.finish():  # too late: the timeout was recorded instead
                 return Outcome(succeeded=False, error=context.timeout_error())
-            self.record_failure(task, exc, final=isinstance(exc, TaskResultError))
-            return Outcome(succeeded=False, error=exc)
+            return self._failed(task, exc)
         finally:
             deactivate(reset)
             context.close()
+
+    def _failed(self, task: Task, exc: BaseException) -> Outcome:
+        """A run that did not succeed: cancelled if its abort was requested, else a failure."""
+        if task.abort.requested:
+            return self._end_aborted(task)
+        # A result JSON cannot hold would be the same on every try.
+        self.record_failure(task, exc, final=isinstance(exc, TaskResultError))
+        return Outcome(succeeded=False, error=exc)
+
+    def _end_aborted(self, task: Task) -> Outcome:
+        """End an aborted task as cancelled (kept with a retention), never to be retried."""
+        keep = self.backend.retention is not None
+        if self.backend.run(task.caller, gateway.end_aborted, task.id, task.token, keep=keep):
+            log.warning("task %s (%s) was aborted on request: cancelled", task.id, task.name)
+        else:
+            log.warning("task %s (%s) was aborted, but its lease was lost", task.id, task.name)
+        return Outcome(succeeded=False, error=_aborted(task))
 
     def _run_in_caller(self, task: Task) -> Outcome:
         """A task claimed in the caller's transaction: run and recorded in it, never committed.
@@ -332,26 +357,76 @@ class Executor:
                 return asyncio.run(handler.func(*task.args, **task.kwargs))
             return handler.func(*task.args, **task.kwargs)
         # On the event loop: an async handler is awaited there, a plain one in a thread
-        # (the loop never blocks).
+        # (the loop never blocks; it sees an abort through `abort_requested()`).
         if handler.is_async:
             call = handler.func(*task.args, **task.kwargs)
         else:
             run = functools.partial(handler.func, *task.args, **task.kwargs)
             call = bridge.in_thread(run, name=f"sa_pgtq-handler-{task.id}")
-        return bridge.wait_for(call if limit is None else _within(call, limit, context))
+        if limit is not None:
+            return bridge.wait_for(_within(call, limit, context, abortable=handler.is_async))
+        return bridge.wait_for(_abortable(call, context) if handler.is_async else call)
 
 
-async def _within(call: Coroutine[Any, Any, Any], limit: float, context: JobContext) -> Any:
-    """Await `call`, cancelled after `limit` seconds (then TaskTimeoutError)."""
+async def _within(
+    call: Coroutine[Any, Any, Any], limit: float, context: JobContext, *, abortable: bool
+) -> Any:
+    """Await `call` as a task of its own, cancelled after `limit` seconds (then
+    TaskTimeoutError) and, if `abortable`, once the task's abort is requested (then
+    TaskAbortedError). Its cancellation runs before its session is rolled back: a query
+    of its own still in flight would otherwise break that connection, and the outcome.
+    """
     running = asyncio.ensure_future(call)
-    done, _ = await asyncio.wait({running}, timeout=limit)
-    if not done:
-        running.cancel()
-        # Its cancellation runs before its session is rolled back: a query of its own
-        # still in flight would otherwise break that connection, and the failure with it.
-        await asyncio.wait({running}, timeout=CANCEL_GRACE)
-        raise context.timeout_error()
+    with _on_abort(context.task.abort, running.cancel) if abortable else nullcontext():
+        done, _ = await asyncio.wait({running}, timeout=limit)
+        if not done:
+            running.cancel()
+            await asyncio.wait({running}, timeout=CANCEL_GRACE)
+            raise context.timeout_error()
+    if running.cancelled() and context.task.abort.requested:
+        raise _aborted(context.task)
     return running.result()
+
+
+async def _abortable(call: Coroutine[Any, Any, Any], context: JobContext) -> Any:
+    """Await `call` in this very task, cancelled where it waits once the task's abort is
+    requested (then TaskAbortedError), and only then.
+
+    No task of its own, unlike `_within`: a run costs no extra turn of the loop, the
+    hot path of a worker of fast async handlers.
+    """
+    this = asyncio.current_task()
+    assert this is not None
+    inside, cancelled = True, False
+
+    def cancel() -> None:
+        nonlocal cancelled
+        if inside:  # this task waits in the handler: that is where it is cancelled
+            cancelled = this.cancel()
+
+    try:
+        with _on_abort(context.task.abort, cancel):
+            return await call
+    except asyncio.CancelledError:
+        if not cancelled:
+            raise
+        raise _aborted(context.task) from None
+    finally:
+        inside = False
+        uncancel = getattr(this, "uncancel", None)  # Python 3.11+: count our request undone
+        if cancelled and uncancel is not None:
+            uncancel()
+
+
+@contextmanager
+def _on_abort(abort: AbortSignal, cancel: Callable[[], object]) -> Iterator[None]:
+    """While the block runs, `cancel` is called on the event loop once the abort is requested."""
+    loop = asyncio.get_running_loop()  # the request may come from another thread
+    abort.watch(lambda: loop.call_soon_threadsafe(cancel))
+    try:
+        yield
+    finally:
+        abort.watch(None)
 
 
 def _warn_if_lost(lost: int) -> None:
@@ -394,6 +469,10 @@ def _call_of(data: Any) -> tuple[tuple[Any, ...], dict[str, Any]] | Exception:
 def backoff(base: float, attempts: int) -> float:
     """Exponential backoff with jitter, so failing tasks do not retry in lockstep."""
     return min(MAX_RETRY_DELAY, base * 2.0 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0)
+
+
+def _aborted(task: Task) -> TaskAbortedError:
+    return TaskAbortedError(f"task {task.id} ({task.name}) was aborted on request")
 
 
 def _lease_lost(task: Task) -> LeaseLostError:

@@ -258,10 +258,26 @@ def seconds_until_next_message(
     return _seconds(conn.execute(table.seconds_until_next_message, params).scalar())
 
 
-def cancel_job(conn: Connection, table: Statements, queue_name: str, job_id: int) -> bool:
-    """Delete a waiting or failed job; False if absent, another queue's, or being worked on."""
+def cancel_job(
+    conn: Connection, table: Statements, queue_name: str, job_id: int, *, keep: bool
+) -> bool:
+    """End a waiting or failed job as cancelled (`keep`: kept as such, else deleted).
+
+    False if absent, another queue's, or being worked on.
+    """
     params = {"job_id": job_id, "queue_name": queue_name}
-    return conn.execute(table.cancel, params).first() is not None
+    return conn.execute(table.cancel[keep], params).first() is not None
+
+
+def abort_job(
+    conn: Connection, table: Statements, queue_name: str, job_id: int, *, keep: bool
+) -> bool:
+    """Cancel a queued job (`keep`: kept as such), or ask a running one's worker to abort it.
+
+    False if absent, another queue's, or finished.
+    """
+    params = {"job_id": job_id, "queue_name": queue_name}
+    return conn.execute(table.abort[keep], params).first() is not None
 
 
 def list_failed(
@@ -398,6 +414,19 @@ def prune_finished(
     return int(conn.execute(table.prune, params).rowcount)
 
 
+def end_aborted(
+    conn: Connection, table: Statements, job_id: int, token: str, *, keep: bool
+) -> bool:
+    """End an aborted task as cancelled (`keep`: kept as such); False if no longer held."""
+    params = {"job_id": job_id, "token": token}
+    return conn.execute(table.end_aborted[keep], params).first() is not None
+
+
+def abort_requests(conn: Connection, table: Statements, token: str, ids: list[int]) -> set[int]:
+    """Those of the tasks held under `token` whose abort was requested."""
+    return set(conn.execute(table.abort_requests, {"ids": ids, "token": token}).scalars())
+
+
 def release_tasks(conn: Connection, table: Statements, token: str, ids: list[int]) -> None:
     """Put back claimed tasks that never started, as if never claimed."""
     conn.execute(table.release_tasks, {"ids": ids, "token": token})
@@ -405,10 +434,11 @@ def release_tasks(conn: Connection, table: Statements, token: str, ids: list[int
 
 def renew_leases(
     conn: Connection, table: Statements, token: str, ids: list[int], lease: float
-) -> set[int]:
-    """Extend the leases of tasks held under `token`; the ids still held."""
+) -> dict[int, bool]:
+    """Extend the leases of tasks held under `token`: the ids still held, each with whether
+    its abort was requested."""
     params = {"ids": ids, "token": token, "lease": timedelta(seconds=lease)}
-    return set(conn.execute(table.heartbeat, params).scalars())
+    return {int(row[0]): bool(row[1]) for row in conn.execute(table.heartbeat, params)}
 
 
 def rescue_expired(conn: Connection, table: Statements, queue_name: str) -> int:

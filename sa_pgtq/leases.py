@@ -12,36 +12,49 @@ from . import gateway
 from .backend import Backend
 from .binding import DedicatedConnection
 from .periodic import Periodic
+from .tasks import Task
 
 log = logging.getLogger(__name__)
 
 
 class Leases:
-    """The tasks a worker holds (claim token -> task ids), from claim until removed or put back."""
+    """The tasks a worker holds (claim token -> tasks by id), from claim until removed or put
+    back."""
 
     def __init__(self) -> None:
-        self._held: dict[str, set[int]] = {}
+        self._held: dict[str, dict[int, Task]] = {}
         self._lock = threading.Lock()
 
-    def hold(self, token: str, ids: list[int]) -> None:
+    def hold(self, tasks: list[Task]) -> None:
         with self._lock:
-            self._held.setdefault(token, set()).update(ids)
+            for task in tasks:
+                self._held.setdefault(task.token, {})[task.id] = task
 
     def drop(self, token: str, ids: list[int]) -> None:
         with self._lock:
             held = self._held.get(token)
             if held is not None:
-                held.difference_update(ids)
+                for task_id in ids:
+                    held.pop(task_id, None)
                 if not held:
                     del self._held[token]
 
     def snapshot(self) -> dict[str, list[int]]:
         with self._lock:
-            return {token: list(ids) for token, ids in self._held.items()}
+            return {token: list(tasks) for token, tasks in self._held.items()}
+
+    def request_abort(self, token: str, ids: set[int]) -> None:
+        """Tell those of the tasks held under `token` that their abort was requested."""
+        with self._lock:
+            held = self._held.get(token, {})
+            tasks = [held[task_id] for task_id in ids if task_id in held]
+        for task in tasks:
+            task.abort.request()  # outside the lock: it may cancel a coroutine at once
 
 
 class Heartbeat(Periodic):
-    """Renews the leases of everything held, every third of a lease.
+    """Renews the leases of everything held, every third of a lease, and passes on the
+    abort requests it finds.
 
     A worker's heartbeat renews on a connection of its own, outside the pool:
     handlers holding every pooled connection must not starve it, or their own
@@ -90,7 +103,12 @@ class Heartbeat(Periodic):
                         conn, self._backend.statements, token, ids, self._lease
                     )
                     if len(renewed) < len(ids):
-                        missing[token] = set(ids) - renewed
+                        missing[token] = set(ids) - renewed.keys()
+                    # The fallback for an abort whose NOTIFY was lost, or that no worker
+                    # listens for (a popped task): it comes with the renewal, no query more.
+                    self._leases.request_abort(
+                        token, {task_id for task_id, aborted in renewed.items() if aborted}
+                    )
         # A task finished between the snapshot and the renewal is not renewed either,
         # and is no longer held a moment later. One still held a whole tick later is
         # really lost: say so then, and only then.

@@ -59,6 +59,8 @@ TASK = "task"
 # a control request (tag "abort", "pause" or "resume") for the queue's workers.
 FINISHED = "finished"
 CONTROL = "control"
+#: The tag of the control request that asks a running job's worker to abort it.
+ABORT = "abort"
 
 #: The schema version the model describes (`schema.LATEST`). From version 2 on, a
 #: queue table records its version in its comment, so that dropping or upgrading a

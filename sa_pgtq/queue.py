@@ -249,9 +249,26 @@ class Queue:
         )
 
     def cancel(self, job_id: int, session: Caller | None = None) -> bool:
-        """Delete a waiting or failed job of this queue; False if absent or being worked on."""
+        """Cancel a waiting or failed job of this queue; False if absent or being worked on.
+
+        With a retention it is kept as `cancelled` for that long, else deleted.
+        """
         checked = validation.check_job_id(job_id)
-        return self.backend.run(session, gateway.cancel_job, self.name, checked)
+        keep = self.retention is not None
+        return self.backend.run(session, gateway.cancel_job, self.name, checked, keep=keep)
+
+    def abort(self, job_id: int, session: Caller | None = None) -> bool:
+        """Stop a job of this queue: a queued one is cancelled at once; a running one's
+        worker is told (by NOTIFY, its heartbeat as the fallback) within about a second.
+
+        An async handler is then cancelled (`asyncio.CancelledError`); a sync one sees
+        `sa_pgtq.abort_requested()` turn True. The job ends as `cancelled` (kept with a
+        retention), never retried, its handler's writes rolled back. False if the job
+        is absent, another queue's, or finished.
+        """
+        checked = validation.check_job_id(job_id)
+        keep = self.retention is not None
+        return self.backend.run(session, gateway.abort_job, self.name, checked, keep=keep)
 
     def failed(
         self, tag: str | None = None, session: Caller | None = None

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ColumnElement,
+    Delete,
     Interval,
     Select,
     Table,
@@ -40,12 +41,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as upsert
-from sqlalchemy.sql.dml import Delete, ReturningDelete, ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.expression import Grouping
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from .models import (
+    ABORT,
     ACTIVE,
+    CANCELLED,
     CONTROL,
     FAILED,
     FINISHED,
@@ -178,6 +181,27 @@ def _head_of_line(table: Any) -> ColumnElement[Any]:
         .order_by(line.c.priority.desc(), line.c.run_at, line.c.id)
         .limit(1)
         .scalar_subquery()
+    )
+
+
+def _finished(table: Any, queue: Any) -> ColumnElement[Any]:
+    # Wakes whoever waits for a job of the queue to finish (`result()`).
+    return _wake_listeners(table, queue, literal(FINISHED), literal(""))
+
+
+def _cancelled(table: Any, where: ColumnElement[bool], keep: bool) -> Update | Delete:
+    """The jobs `where` selects, ended as cancelled: kept as such (a retention), or deleted."""
+    if not keep:
+        return delete(table).where(where)
+    return (
+        update(table)
+        .where(where)
+        .values(
+            state=const(CANCELLED),
+            finished_at=func.clock_timestamp(),
+            locked_by=None,
+            lease_expires_at=None,
+        )
     )
 
 
@@ -330,25 +354,28 @@ class Statements:
         }
         #: queue_name, tag -> seconds until the earliest waiting message is due (None: none)
         self.seconds_until_next_message = _seconds_until_due(table, waiting_messages)
-        #: job_id, queue -> id if a waiting or failed job was deleted; a locked one is skipped
-        self.cancel: ReturningDelete[Any] = (
-            delete(table)
+        cancellable = (
+            select(c.id)
             .where(
-                c.id
-                == select(c.id)
-                .where(
-                    c.id == bindparam("job_id"),
-                    c.queue == queue,
-                    c.state.in_([const(QUEUED), const(FAILED)]),
-                )
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
+                c.id == bindparam("job_id"),
+                c.queue == queue,
+                c.state.in_([const(QUEUED), const(FAILED)]),
             )
-            .returning(c.id)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
         )
         #: The side table of paused queues.
         self.queues: Table = side_tables(str(table.name), table.metadata)[0]
         self._pause_statements()
+        #: [keep] job_id, queue -> id if a waiting or failed job was cancelled (kept as such,
+        #: or deleted); a locked one is skipped
+        self.cancel: dict[bool, ReturningUpdate[Any] | ReturningDelete[Any]] = {
+            keep: _cancelled(table, c.id == cancellable, keep).returning(
+                c.id, _finished(table, c.queue)
+            )
+            for keep in (False, True)
+        }
+        self._abort_statements()
         self._task_statements()
         self._periodic_statements()
 
@@ -447,6 +474,53 @@ class Statements:
         )
         #: queue_name -> whether it is paused
         self.is_paused: Select[Any] = select(_paused(queues, queue))
+
+    def _abort_statements(self) -> None:
+        table, c = self.table, self.table.c
+        queue = bindparam("queue_name", type_=Text)
+        # One statement decides: the row is locked first (waiting for a claim in flight,
+        # so a job being claimed is aborted as running, not missed), then a queued job is
+        # cancelled and a running one marked; its state as locked says which happened.
+        target = (
+            select(c.id, c.state)
+            .where(
+                c.id == bindparam("job_id"),
+                c.queue == queue,
+                c.state.in_([const(QUEUED), const(RUNNING)]),
+            )
+            .with_for_update()
+            .cte("target")
+        )
+        mine = c.id == target.c.id
+        requested = (
+            update(table)
+            .where(mine, target.c.state == const(RUNNING))
+            .values(abort_requested_at=func.coalesce(c.abort_requested_at, func.clock_timestamp()))
+            .returning(c.id)
+            .cte("requested")
+        )
+        wake = case(
+            (target.c.state == const(QUEUED), _finished(table, queue)),
+            else_=_wake_listeners(table, queue, literal(CONTROL), literal(ABORT)),
+        )
+        #: [keep] job_id, queue_name -> a row if the job was queued (now cancelled: kept as
+        #: such, or deleted) or running (its abort requested, its worker woken)
+        self.abort: dict[bool, Select[Any]] = {
+            keep: select(target.c.id, wake).add_cte(
+                _cancelled(table, and_(mine, target.c.state == const(QUEUED)), keep)
+                .returning(c.id)
+                .cte("ended"),
+                requested,
+            )
+            for keep in (False, True)
+        }
+        #: [keep] job_id, token -> id if the aborted task was still held, now cancelled
+        self.end_aborted: dict[bool, ReturningUpdate[Any] | ReturningDelete[Any]] = {
+            keep: _cancelled(
+                table, and_(c.id == bindparam("job_id"), c.locked_by == bindparam("token")), keep
+            ).returning(c.id, _finished(table, c.queue), _wake_workers_if_locked(table))
+            for keep in (False, True)
+        }
 
     def _task_statements(self) -> None:
         table, c = self.table, self.table.c
@@ -547,7 +621,7 @@ class Statements:
             )
             .returning(
                 c.id,
-                case((c.state == const(FAILED), self._finished_notice(c.queue))),
+                case((c.state == const(FAILED), _finished(table, c.queue))),
                 _wake_workers_if_locked(table),
             )
         )
@@ -558,9 +632,17 @@ class Statements:
             .values(state=const(QUEUED), attempts=c.attempts - 1, **released)
             .returning(_wake_workers_if_locked(table))
         )
-        #: ids, token, lease -> ids whose lease was extended (the rest were lost)
+        #: ids, token, lease -> (id, abort requested) of each task whose lease was extended
+        #: (the rest were lost): the abort flag costs the heartbeat no query of its own
         self.heartbeat: ReturningUpdate[Any] = (
-            update(table).where(mine).values(lease_expires_at=lease_end).returning(c.id)
+            update(table)
+            .where(mine)
+            .values(lease_expires_at=lease_end)
+            .returning(c.id, c.abort_requested_at.is_not(None))
+        )
+        #: ids, token -> ids of the tasks still held whose abort was requested
+        self.abort_requests: Select[Any] = select(c.id).where(
+            mine, c.abort_requested_at.is_not(None)
         )
         #: queue_name -> tasks whose worker stopped renewing its lease, queued again
         self.rescue_expired: ReturningUpdate[Any] = (
@@ -667,12 +749,8 @@ class Statements:
         if not retain:
             return []
         queue = bindparam("queue_name", type_=Text)
-        notice = case((func.count() > 0, self._finished_notice(queue)))
+        notice = case((func.count() > 0, _finished(self.table, queue)))
         return [select(notice).select_from(acked).scalar_subquery()]
-
-    def _finished_notice(self, queue: Any) -> ColumnElement[Any]:
-        """Wake the `result()` waiters of `queue`: one of its jobs has finished."""
-        return _wake_listeners(self.table, queue, literal(FINISHED), literal(""))
 
     def _periodic_statements(self) -> None:
         table = self.table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -44,6 +46,43 @@ class TaskRunner(Protocol):
     def run_popped(self, task: Task) -> Outcome: ...
 
 
+class AbortSignal:
+    """Whether a task's abort was requested, and whom to tell when it is.
+
+    Set from the service that learns of the request (a thread, or the event loop),
+    read by the handler's own thread; `watch` lets a run on the event loop cancel
+    its coroutine the moment the request arrives.
+    """
+
+    def __init__(self) -> None:
+        # A plain flag, not a threading.Event: every claimed task makes one, and reading
+        # a bool another thread sets is safe; the lock orders a request and a watch.
+        self._requested = False
+        self._lock = threading.Lock()
+        self._watcher: Callable[[], object] | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self._requested
+
+    def request(self) -> None:
+        with self._lock:
+            if self._requested:
+                return
+            self._requested = True
+            watcher = self._watcher
+        if watcher is not None:
+            watcher()
+
+    def watch(self, watcher: Callable[[], object] | None) -> None:
+        """Call `watcher` once the abort is requested (at once if it was); None: stop."""
+        with self._lock:
+            self._watcher = watcher
+            requested = self._requested
+        if requested and watcher is not None:
+            watcher()
+
+
 @dataclass(frozen=True)
 class Task:
     """A claimed task: run it with `run()`, or its lease expires and a worker retries it."""
@@ -59,6 +98,7 @@ class Task:
     runner: TaskRunner = field(repr=False, compare=False)
     lease: float = field(repr=False)  # seconds the claim stays valid without a renewal
     caller: object = field(default=None, repr=False, compare=False)  # whose transaction
+    abort: AbortSignal = field(default_factory=AbortSignal, repr=False, compare=False)
 
     def run(self) -> bool:
         """Run the handler and record the outcome; True if it succeeded.

@@ -67,7 +67,7 @@ def test_a_succeeded_task_is_kept_with_its_result(kept: sa_pgtq.Queue, clean: En
     jobs = [kept.job(job_id) for job_id in ids]
     assert [job.state for job in jobs] == ["succeeded"] * 3  # type: ignore[union-attr]
     assert all(job.finished_at is not None for job in jobs)  # type: ignore[union-attr]
-    assert [kept.result(job_id) for job_id in ids] == [{"sum": 5}, None, 42]
+    assert [kept.result(job_id, timeout=10) for job_id in ids] == [{"sum": 5}, None, 42]
     assert kept.job(ids[0]).locked_by is None  # type: ignore[union-attr]
 
 
@@ -83,11 +83,11 @@ def test_failed_and_unstorable_results_raise_job_failed(kept: sa_pgtq.Queue, cle
     failed, unstorable = boom.push(), odd.push()
     burst(kept)
     with pytest.raises(errors.JobFailedError, match="the card was declined") as raised:
-        kept.result(failed)
+        kept.result(failed, timeout=10)
     assert raised.value.state == "failed" and "ValueError" in (raised.value.last_error or "")
     assert kept.job(failed).finished_at is not None  # type: ignore[union-attr]
     with pytest.raises(errors.JobFailedError, match="cannot be kept as JSON"):
-        kept.result(unstorable)
+        kept.result(unstorable, timeout=10)
     assert kept.job(unstorable).attempts == 1, "not retried: it would fail the same way"  # type: ignore[union-attr]
     assert kept.requeue_failed([failed]) == 1
     assert kept.job(failed).finished_at is None  # type: ignore[union-attr]
@@ -104,7 +104,7 @@ def test_popped_tasks_keep_their_results_too(kept: sa_pgtq.Queue, clean: Engine)
     with Session(clean) as s, s.begin():
         task = kept.pop(s)
         assert task is not None and task.run()
-    assert kept.result(alone) == 9 and kept.result(in_session) == 16
+    assert kept.result(alone, 10) == 9 and kept.result(in_session, 10) == 16
 
 
 def test_result_times_out_and_refuses_bad_ids(kept: sa_pgtq.Queue, clean: Engine) -> None:
@@ -242,9 +242,9 @@ def test_async_results(async_url: str) -> None:
             assert not waiting.done()
             await sa_pgtq.AsyncWorker(q, install_signal_handlers=False).run(burst=True)
             assert await asyncio.wait_for(waiting, 2) == 3, "woken by NOTIFY"
-            assert await q.result(threaded) == [7]
+            assert await q.result(threaded, 10) == [7]
             with pytest.raises(errors.JobFailedError, match="async failure"):
-                await q.result(bad)
+                await q.result(bad, 10)
             job = await q.job(ok)
             assert job is not None and job.state == "succeeded" and job.result == 3
             with pytest.raises(errors.ResultTimeoutError):

@@ -409,10 +409,10 @@ def test_version_4_upgrades_live_jobs_from_version_1_and_goes_back(
 
     assert [job.state for job in q.failed()] == ["failed"]
     sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)  # rescues the running one
-    assert q.result(1) == 3 and q.result(2) == 7
+    assert q.result(1, 10) == 3 and q.result(2, 10) == 7
     assert q.requeue_failed() == 1
     sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)
-    assert q.result(3) == 11
+    assert q.result(3, 10) == 11
     assert q.dequeue_immediate("email") == "hello"
     assert add.options(unique_key="k").push(0, 0) == add.options(unique_key="k").push(1, 1)
 

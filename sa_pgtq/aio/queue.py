@@ -209,8 +209,15 @@ class AsyncQueue:
         return await self._run(session, self.sync.count, tag)
 
     async def cancel(self, job_id: int, session: AsyncCaller | None = None) -> bool:
-        """Delete a waiting or failed job of this queue; False if absent or being worked on."""
+        """Cancel a waiting or failed job of this queue; False if absent or being worked on."""
         return await self._run(session, self.sync.cancel, job_id)
+
+    async def abort(self, job_id: int, session: AsyncCaller | None = None) -> bool:
+        """Stop a queued or running job of this queue; False if absent or finished.
+
+        See `Queue.abort`.
+        """
+        return await self._run(session, self.sync.abort, job_id)
 
     async def failed(
         self, tag: str | None = None, session: AsyncCaller | None = None

@@ -2,11 +2,11 @@
 
     await sa_pgtq.AsyncWorker(q, concurrency=50).run(burst=False)
 
-The services are the sync worker's (completer, heartbeat, rescuer, scheduler),
-ticking as tasks of the event loop through the greenlet bridge. What is written for
-asyncio is the dispatch: one fetcher claims batches (FOR UPDATE SKIP LOCKED)
-into a buffer while `concurrency` slots take tasks from it and run them, each
-run the executor's own, its handler awaited on the loop.
+The services are the sync worker's (completer, heartbeat, rescuer, aborter,
+scheduler, pruner), ticking as tasks of the event loop through the greenlet
+bridge. What is written for asyncio is the dispatch: one fetcher claims batches
+(FOR UPDATE SKIP LOCKED) into a buffer while `concurrency` slots take tasks from
+it and run them, each run the executor's own, its handler awaited on the loop.
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from .. import bridge
 from ..execution import Executor
-from ..leases import Heartbeat, Leases
+from ..leases import Leases
 from ..listener import Listener
 from ..tasks import Task
 from ..worker import start, stop
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
 from ..worker.producer import idle_seconds, task_listener
-from ..worker.pruner import pruners
-from ..worker.rescuer import Rescuer
-from ..worker.scheduler import schedulers
+from ..worker.services import side_services
 from .queue import AsyncQueue
 
 log = logging.getLogger(__name__)
@@ -77,17 +75,16 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
         executor = self.queue.executor
         leases = Leases()
         completer = Completer(executor, leases)
-        heartbeat = Heartbeat(executor.backend, leases, self.lease)
-        rescuer = Rescuer(executor.backend, self.lease)
-        aside = [
-            rescuer,
-            *schedulers(executor.backend, self.queue.schedules),
-            *pruners(executor.backend),
-        ]
-        # What a dead worker left, and the ticks missed while no worker ran, are due now.
-        for service in aside:
+        services, at_start = side_services(
+            executor.backend,
+            self.queue.schedules,
+            leases,
+            lease=self.lease,
+            poll_interval=self.poll_interval,
+        )
+        for service in at_start:
             await bridge.spawn(service.safe_tick)
-        await bridge.spawn(start, heartbeat, *aside, completer)
+        await bridge.spawn(start, *services, completer)
         try:
             with self._signals():
                 log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
@@ -96,7 +93,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
             # As the sync worker: the last acks go first, while the heartbeat still
             # keeps the finished tasks' leases.
             await bridge.spawn(stop, completer, final=True)
-            await bridge.spawn(stop, heartbeat, *aside)
+            await bridge.spawn(stop, *services)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -204,7 +201,7 @@ class _Dispatch:
             self._claiming -= limit
             self._progress.set()
         if tasks:
-            self._leases.hold(tasks[0].token, [task.id for task in tasks])
+            self._leases.hold(tasks)
             for task in tasks:
                 self._ready.put_nowait(task)
 

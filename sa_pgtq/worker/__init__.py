@@ -7,9 +7,10 @@ A worker is a few small services with one duty each: producers claim batches
 with FOR UPDATE SKIP LOCKED and run them (one thread per concurrency slot);
 the completer acknowledges finished tasks in batches; the heartbeat keeps the
 leases of everything held alive; the rescuer requeues tasks whose worker died,
-so a killed worker never loses a job; the scheduler turns the ticks of
-periodic tasks into jobs; with a retention, the pruner deletes finished jobs
-once they are old enough. Several processes on several machines
+so a killed worker never loses a job; the aborter tells running handlers
+that their task was aborted; the scheduler turns the ticks of periodic tasks
+into jobs; with a retention, the pruner deletes finished jobs once they are
+old enough (`services`). Several processes on several machines
 may share one table.
 """
 
@@ -23,15 +24,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
-from ..leases import Heartbeat, Leases
+from ..leases import Leases
 from ..periodic import Periodic
 from ..queue import Queue
 from .base import BaseWorker
 from .completer import Completer
 from .producer import Producer
-from .pruner import pruners
-from .rescuer import Rescuer
-from .scheduler import schedulers
+from .services import side_services
 
 __all__ = ["Worker", "main_loop"]
 
@@ -52,16 +51,14 @@ class Worker(BaseWorker[Queue]):
         executor = self.queue.executor
         leases = Leases()
         completer = Completer(executor, leases)
-        heartbeat = Heartbeat(executor.backend, leases, self.lease)
-        rescuer = Rescuer(executor.backend, self.lease)
-        aside = [
-            rescuer,
-            *schedulers(executor.backend, self.queue.schedules),
-            *pruners(executor.backend),
-        ]
-        # What a dead worker left, and the ticks missed while no worker ran, are due now,
-        # for a burst run too.
-        for service in aside:
+        services, at_start = side_services(
+            executor.backend,
+            self.queue.schedules,
+            leases,
+            lease=self.lease,
+            poll_interval=self.poll_interval,
+        )
+        for service in at_start:
             service.safe_tick()
         producer = Producer(
             executor,
@@ -73,7 +70,7 @@ class Worker(BaseWorker[Queue]):
             poll_interval=self.poll_interval,
             timeout=self.timeout,
         )
-        with self._signals(), _running(heartbeat, *aside), _running(completer, final=True):
+        with self._signals(), _running(*services), _running(completer, final=True):
             log.info("worker ready: %r, concurrency %d", self.queue, self.concurrency)
             # Every producer runs in a thread of its own, so the main thread stays free
             # to take signals even while a handler is stuck in C code (a query, a

@@ -101,7 +101,7 @@ class Producer:
     def _run_batch(self, tasks: list[Task]) -> None:
         token = tasks[0].token
         ids = [t.id for t in tasks]
-        self._leases.hold(token, ids)
+        self._leases.hold(tasks)
         done = 0
         try:
             for task in tasks:
