@@ -39,6 +39,11 @@ class Leases:
                 if not held:
                     del self._held[token]
 
+    def holding(self) -> bool:
+        """Whether any task is held: claimed, running, or finished and not yet acknowledged."""
+        with self._lock:
+            return bool(self._held)
+
     def snapshot(self) -> dict[str, list[int]]:
         with self._lock:
             return {token: list(tasks) for token, tasks in self._held.items()}

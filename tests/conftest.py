@@ -52,11 +52,15 @@ def engine(request: pytest.FixtureRequest, db_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
+#: The default queue table and its side tables (paused queues, periodic ticks).
+QUEUE_TABLES = ", ".join(f"{sa_pgtq.Job.__tablename__}{side}" for side in ("", "_queues", "_ticks"))
+
+
 @pytest.fixture
 def clean(engine: Engine) -> Engine:
-    """The engine, with an empty default queue table."""
+    """The engine, with an empty default queue table (and side tables)."""
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {sa_pgtq.Job.__tablename__} RESTART IDENTITY"))
+        conn.execute(text(f"TRUNCATE {QUEUE_TABLES} RESTART IDENTITY"))
     return engine
 
 
@@ -75,7 +79,7 @@ def async_url(request: pytest.FixtureRequest, db_url: str) -> str:
     sync = create_engine(db_url)
     sa_pgtq.Queue(sync).create_table()
     with sync.begin() as conn:
-        conn.execute(text(f"TRUNCATE {sa_pgtq.Job.__tablename__} RESTART IDENTITY"))
+        conn.execute(text(f"TRUNCATE {QUEUE_TABLES} RESTART IDENTITY"))
     sync.dispose()
     return async_url_for(db_url, request.param)
 

@@ -177,3 +177,48 @@ def test_bad_lock_values_are_refused_before_anything_is_written(
     with pytest.raises(errors.InvalidInputError):
         step.options(lock=lock).push()  # type: ignore[arg-type]
     assert q.pop() is None
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_burst_run_finishes_a_locks_line(clean: Engine, concurrency: int) -> None:
+    # Each holder's end frees the next of its line only once acknowledged, which the
+    # claim that finds nothing due cannot yet see: a burst run must not stop there.
+    q = sa_pgtq.Queue(clean, name=f"locks_burst_{concurrency}")
+    timeline = Timeline()
+
+    @q.handler()
+    def step(name: str) -> None:
+        with timeline.run(name):
+            time.sleep(0.02)
+
+    locked, free = push_lines(lambda lock, name: step.options(lock=lock).push(name))
+    sa_pgtq.Worker(q, concurrency=concurrency, install_signal_handlers=False).run(burst=True)
+    assert sorted(timeline.runs) == sorted(locked + free)
+    assert not timeline.overlapping(locked) and timeline.started_in_order(locked)
+
+
+def test_an_async_burst_run_finishes_a_locks_line(async_url: str) -> None:
+    timeline = Timeline()
+
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            q = sa_pgtq.AsyncQueue(engine, name="locks_async_burst")
+
+            @q.handler()
+            async def step(name: str) -> None:
+                with timeline.run(name):
+                    await asyncio.sleep(0.02)
+
+            await step.push_many([(f"U{n}",) for n in range(4)])
+            for n in range(8):
+                await step.options(lock=LOCK).push(f"L{n}")
+            worker = sa_pgtq.AsyncWorker(q, concurrency=4, install_signal_handlers=False)
+            await asyncio.wait_for(worker.run(burst=True), 30)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    locked = [f"L{n}" for n in range(8)]
+    assert sorted(timeline.runs) == sorted(locked + [f"U{n}" for n in range(4)])
+    assert not timeline.overlapping(locked) and timeline.started_in_order(locked)

@@ -29,7 +29,7 @@ from ..tasks import Task
 from ..worker import start, stop
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
-from ..worker.producer import idle_seconds, task_listener
+from ..worker.producer import BURST_RECHECK, idle_seconds, task_listener
 from ..worker.services import side_services
 from .queue import AsyncQueue
 
@@ -137,6 +137,7 @@ class _Dispatch:
         self._measured_at = time.monotonic()
         self._reserve = 0  # tasks to keep waiting in the buffer
         self._found_none = False  # the last claim to finish found nothing due
+        self._held_then = False  # ... while tasks of ours were held (see `Producer.run`)
 
     async def run(self, burst: bool) -> None:
         worker = self._worker
@@ -163,7 +164,12 @@ class _Dispatch:
                 if self._found_none:  # nothing is due: wait for the claims out, then a NOTIFY
                     if not claims:
                         if burst:
-                            return
+                            # Unless a lock's line waits for a task of ours.
+                            if not self._held_then:
+                                return
+                            await asyncio.sleep(BURST_RECHECK)
+                            self._found_none = False
+                            continue
                         await self._wait_for_work(listener)
                         self._found_none = False
                         continue
@@ -187,6 +193,7 @@ class _Dispatch:
         return wanted if idle > 0 or wanted >= worker.batch_size // 2 else 0
 
     async def _claim(self, limit: int) -> None:
+        held = self._leases.holding()
         try:
             tasks = await bridge.spawn(self._completer.claim, limit, self._worker.lease)
         except (DBAPIError, SQLAlchemyTimeoutError) as exc:
@@ -196,7 +203,7 @@ class _Dispatch:
             await asyncio.sleep(RECONNECT_DELAY)
             tasks = []
         else:
-            self._found_none = not tasks
+            self._found_none, self._held_then = not tasks, held
         finally:
             self._claiming -= limit
             self._progress.set()

@@ -21,6 +21,9 @@ from .completer import Completer
 log = logging.getLogger(__name__)
 
 _RECONNECT_DELAY = 1.0
+#: Seconds a burst run waits before claiming again while tasks of its own are held: one
+#: of them may hold a lock that the next task of its line waits for.
+BURST_RECHECK = 0.05
 
 
 class BatchSize:
@@ -78,13 +81,19 @@ class Producer:
             while not self._stopping.is_set():
                 try:
                     started = time.monotonic()
+                    held = self._leases.holding()
                     tasks = self._completer.claim(size.size, self._lease)
                     if tasks:
                         self._run_batch(tasks)
                         size.update(len(tasks), time.monotonic() - started)
                         continue
                     if burst:
-                        return
+                        # Nothing due, unless a lock's line waits for a task of ours (or
+                        # one this very claim acknowledged, which it could not yet see).
+                        if not held:
+                            return
+                        self._stopping.wait(BURST_RECHECK)
+                        continue
                     listener.wait(idle_seconds(backend, self._poll_interval), self._stopping)
                 except (DBAPIError, SQLAlchemyTimeoutError) as exc:
                     # The database went away (restart, network) or the pool had no free
