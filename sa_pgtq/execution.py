@@ -89,7 +89,7 @@ class Executor:
     ) -> list[Task]:
         """Claim up to `limit` due tasks, in dequeue order.
 
-        The `finished` tasks of an earlier claim are removed by the same statement: one
+        The `finished` tasks of an earlier claim are acknowledged by the same statement: one
         round trip for both. A batch of nothing but malformed payloads (failed here, for
         good) is followed by another claim: an empty answer means nothing is due.
         """
@@ -130,6 +130,8 @@ class Executor:
                 if isinstance(call, Exception):
                     self.record_failure(task, call, final=True)
                 else:
+                    if row.aborted:
+                        task.abort.request()  # it ends as cancelled without running
                     tasks.append(task)
             if tasks or not claimed:
                 return tasks
@@ -224,8 +226,9 @@ class Executor:
 
     def _end_aborted(self, task: Task) -> Outcome:
         """End an aborted task as cancelled (kept with a retention), never to be retried."""
-        keep = self.backend.retention is not None
-        if self.backend.run(task.caller, gateway.end_aborted, task.id, task.token, keep=keep):
+        if self.backend.run(
+            task.caller, gateway.end_aborted, task.id, task.token, keep=self.retain
+        ):
             log.warning("task %s (%s) was aborted on request: cancelled", task.id, task.name)
         else:
             log.warning("task %s (%s) was aborted, but its lease was lost", task.id, task.name)

@@ -118,7 +118,7 @@ class Push(Generic[P]):
     ) -> list[int]:
         batch = validation.check_batch(calls, "calls")
         keys = validation.check_unique_keys(unique_keys, len(batch))
-        if self._params["unique_key"] is not None and len(batch) > 1:
+        if self._params["unique_key"] is not None and (len(batch) > 1 or keys is not None):
             raise InvalidInputError(
                 "options(unique_key=...) keys one job: give push_many unique_keys=[...], "
                 "one per call"

@@ -56,7 +56,8 @@ MESSAGE = "message"
 TASK = "task"
 # What else a notification on sa_pgtq's channel may be about (its kind field; MESSAGE
 # and TASK mean a job arrived): a job of the queue finished, which wakes `result()`;
-# a control request (tag "abort", "pause" or "resume") for the queue's workers.
+# a control request (tag "abort", which the workers' aborters act on; "pause" and
+# "resume", for operators' tools: workers need no word, the claim checks the pause).
 FINISHED = "finished"
 CONTROL = "control"
 #: The tag of the control request that asks a running job's worker to abort it.

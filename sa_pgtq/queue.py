@@ -280,7 +280,11 @@ class Queue:
     def requeue_failed(
         self, job_ids: Iterable[int] | None = None, session: Caller | None = None
     ) -> int:
-        """Queue failed jobs again with fresh attempts (all of this queue's, or just `job_ids`)."""
+        """Queue failed jobs again with fresh attempts (all of this queue's, or just `job_ids`).
+
+        Returns how many. A failed job freed its unique key: one whose key another job
+        holds by now stays failed (and of failed jobs sharing a key, the oldest comes back).
+        """
         ids = None
         if job_ids is not None:
             ids = [validation.check_job_id(i) for i in validation.check_batch(job_ids, "job_ids")]

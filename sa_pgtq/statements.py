@@ -142,7 +142,10 @@ def _lock_free(table: Any, *, first_in_line: bool) -> ColumnElement[bool]:
     concurrent claims: the other's candidate is still queued ahead in this snapshot, or
     already running (the unique index of holders is only the guard). The head is the
     line's first due entry on its partial index; the holder is probed only for a head
-    (the AND is evaluated in order), at most once per lock a claim walks past.
+    (the AND is evaluated in order), at most once per lock a claim walks past. The head
+    is probed for every locked row the claim walks past, though: a deep line of one
+    lock ahead of the claimable tasks costs each claim one probe per task in that line
+    (as procrastinate's `lock` does).
     """
     c = table.c
     free: ColumnElement[bool] = _holder(table).is_(None)
@@ -371,7 +374,7 @@ class Statements:
         #: or deleted); a locked one is skipped
         self.cancel: dict[bool, ReturningUpdate[Any] | ReturningDelete[Any]] = {
             keep: _cancelled(table, c.id == cancellable, keep).returning(
-                c.id, _finished(table, c.queue)
+                c.id, _finished(table, c.queue), _wake_workers_if_locked(table)
             )
             for keep in (False, True)
         }
@@ -508,7 +511,7 @@ class Statements:
         self.abort: dict[bool, Select[Any]] = {
             keep: select(target.c.id, wake).add_cte(
                 _cancelled(table, and_(mine, target.c.state == const(QUEUED)), keep)
-                .returning(c.id)
+                .returning(c.id, _wake_workers_if_locked(table))
                 .cte("ended"),
                 requested,
             )
@@ -567,7 +570,17 @@ class Statements:
                 locked_by=token,
                 lease_expires_at=lease_end,
             )
-            .returning(c.id, c.tag, self.data_as_text, c.attempts, c.priority, c.run_at)
+            .returning(
+                c.id,
+                c.tag,
+                self.data_as_text,
+                c.attempts,
+                c.priority,
+                c.run_at,
+                # An abort requested of an earlier run (it was rescued, retried or put back
+                # before it was told): this run ends as cancelled, never starting.
+                c.abort_requested_at.is_not(None).label("aborted"),
+            )
         )
         # The worker's hot path: the finished tasks of one earlier claim are removed and the
         # next batch is claimed in one statement, one round trip in autocommit (atomic on
@@ -596,6 +609,7 @@ class Statements:
                     claimed.c.attempts,
                     claimed.c.priority,
                     claimed.c.run_at,
+                    claimed.c.aborted,
                     *self._wake_waiters(acked, retain),
                 )
                 .select_from(select(literal_column("1")).subquery("one").outerjoin(claimed, true()))
@@ -677,13 +691,41 @@ class Statements:
             )
             .order_by(c.id)
         )
+        chosen_failed = and_(
+            c.queue == queue, c.state == const(FAILED), or_(ids.is_(None), c.id == any_(ids))
+        )
+        # A failed job freed its unique key, which another job may hold by now; and of
+        # failed jobs sharing a key, one may come back.
+        holder, twin = table.alias("holder"), table.alias("twin")
+        key_free = or_(
+            c.unique_key.is_(None),
+            and_(
+                ~exists().where(
+                    holder.c.queue == c.queue,
+                    holder.c.unique_key == c.unique_key,
+                    holder.c.state.in_([const(s) for s in ACTIVE]),
+                ),
+                ~exists().where(
+                    twin.c.queue == c.queue,
+                    twin.c.unique_key == c.unique_key,
+                    twin.c.state == const(FAILED),
+                    twin.c.id < c.id,
+                    or_(ids.is_(None), twin.c.id == any_(ids)),
+                ),
+            ),
+        )
         #: queue_name, ids (None: all) -> (kind, tag) of failed jobs requeued with fresh attempts
+        #: (one whose unique key is held by a queued or running job stays failed)
         self.requeue_failed: ReturningUpdate[Any] = (
             update(table)
-            .where(
-                c.queue == queue, c.state == const(FAILED), or_(ids.is_(None), c.id == any_(ids))
+            .where(chosen_failed, key_free)
+            .values(
+                state=const(QUEUED),
+                attempts=0,
+                run_at=func.now(),
+                finished_at=None,
+                abort_requested_at=None,
             )
-            .values(state=const(QUEUED), attempts=0, run_at=func.now(), finished_at=None)
             .returning(c.kind, c.tag)
         )
         #: job_id, queue_name -> the job (every column, data as JSON text), in any state

@@ -115,6 +115,48 @@ def test_a_bad_id_is_refused_before_anything_is_written(q: sa_pgtq.Queue, bad: A
     assert [m.id for m in q.list("t")] == [queued]
 
 
+def test_an_abort_outlives_a_lost_run_and_the_next_claim_cancels_it(
+    kq: sa_pgtq.Queue, clean: Engine
+) -> None:
+    ran: list[int] = []
+
+    @kq.handler()
+    def work(n: int) -> None:
+        ran.append(n)
+
+    job_id = work.push(1)
+    popped = kq.pop(lease=0.2)  # its worker dies before it is told
+    assert popped is not None and kq.abort(job_id) is True
+    time.sleep(0.3)
+    with clean.begin() as conn:
+        assert sa_pgtq.gateway.rescue_expired(conn, kq.backend.statements, kq.name) == 1
+    sa_pgtq.Worker(kq, install_signal_handlers=False).run(burst=True)
+    assert ran == [], "never run again"
+    assert job(clean, job_id) == ("cancelled", 2, True, True)
+    assert kq.requeue_failed() == 0
+
+
+def test_requeue_clears_an_abort_request_of_a_failed_job(kq: sa_pgtq.Queue, clean: Engine) -> None:
+    ran: list[int] = []
+
+    @kq.handler()
+    def work(n: int) -> None:
+        ran.append(n)
+
+    job_id = work.push(1)
+    with clean.begin() as conn:  # failed while its abort was on its way
+        conn.execute(
+            text(
+                "UPDATE sa_pgtq_jobs SET state = 'failed', abort_requested_at = now() "
+                "WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+    assert kq.requeue_failed([job_id]) == 1
+    sa_pgtq.Worker(kq, install_signal_handlers=False).run(burst=True)
+    assert ran == [1] and kq.result(job_id, 10) is None
+
+
 def test_abort_requested_outside_a_handler_raises() -> None:
     with pytest.raises(errors.NoWorkerContextError):
         sa_pgtq.abort_requested()

@@ -65,6 +65,25 @@ def test_a_failed_job_frees_its_key(q: sa_pgtq.Queue, clean: Engine) -> None:
     assert boom.options(unique_key="k").push() != failed
 
 
+def test_requeue_leaves_a_failed_job_whose_key_is_held_again(
+    q: sa_pgtq.Queue, clean: Engine
+) -> None:
+    @q.handler(max_attempts=1)
+    def boom(n: int) -> None:
+        raise RuntimeError("no")
+
+    first = boom.options(unique_key="k").push(1)
+    burst(q)
+    second = boom.options(unique_key="k").push(2)
+    burst(q)  # two failed jobs with the key
+    holder = boom.options(unique_key="k").push(3)
+    assert q.requeue_failed() == 0, "the key is held: both stay failed"
+    assert q.cancel(holder)
+    assert q.requeue_failed() == 1, "of the two, the oldest comes back"
+    assert [job.id for job in q.failed()] == [second]
+    assert q.job(first).state == "queued"  # type: ignore[union-attr]
+
+
 def test_eight_concurrent_transactions_make_one_job_and_keep_their_own_rows(
     q: sa_pgtq.Queue, clean: Engine
 ) -> None:
@@ -174,6 +193,8 @@ def test_bad_task_keys_and_locks_are_refused(q: sa_pgtq.Queue, clean: Engine) ->
         noop.options(lock=3)  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidInputError, match="one per call"):
         noop.options(unique_key="k").push_many([(1,), (2,)])
+    with pytest.raises(errors.InvalidInputError, match="one per call"):
+        noop.options(unique_key="k").push_many([(1,)], unique_keys=["x"])
     with pytest.raises(errors.InvalidInputError):
         noop.push_many([(1,), (2,)], unique_keys=["k"])
     assert count(clean, JOBS) == 0

@@ -21,9 +21,9 @@ from .completer import Completer
 log = logging.getLogger(__name__)
 
 _RECONNECT_DELAY = 1.0
-#: Seconds a burst run waits before claiming again while tasks of its own are held: one
-#: of them may hold a lock that the next task of its line waits for.
-BURST_RECHECK = 0.05
+#: Seconds a burst run waits at most (a NOTIFY ends the wait) before claiming again while
+#: tasks of its own are held: one of them may hold a lock the next of its line waits for.
+BURST_RECHECK = 0.2
 
 
 class BatchSize:
@@ -92,7 +92,7 @@ class Producer:
                         # one this very claim acknowledged, which it could not yet see).
                         if not held:
                             return
-                        self._stopping.wait(BURST_RECHECK)
+                        listener.wait(BURST_RECHECK, self._stopping)
                         continue
                     listener.wait(idle_seconds(backend, self._poll_interval), self._stopping)
                 except (DBAPIError, SQLAlchemyTimeoutError) as exc:
