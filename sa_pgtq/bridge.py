@@ -23,7 +23,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 T = TypeVar("T")
 
 #: How often a wait checks whether its worker is stopping.
-STOP_CHECK_INTERVAL = 0.2
+STOP_CHECK_INTERVAL = 0.05
 
 #: Background tasks, kept referenced until done (the loop holds only weak references).
 _background: set[asyncio.Task[Any]] = set()
