@@ -17,7 +17,7 @@ import argparse
 import time
 from datetime import timedelta
 
-from ratios import Workload, rate
+from ratios import Workload, rate, report
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -138,13 +138,6 @@ def main() -> None:
         beside = (beside_finished, lambda: b.kept.run(drain))
 
         print(f"{'workload':40s} {'ref/s':>10s} {'ours/s':>10s} {'ratio':>6s} {'target':>7s}")
-
-        def report(w: Workload, runs: list[tuple[float, float]]) -> None:
-            reference, ours = max(r[0] for r in runs), max(r[1] for r in runs)
-            ratio = ours / reference
-            verdict = "ok" if ratio >= w.target else "BELOW"
-            figures = f"{reference:10.0f} {ours:10.0f} {ratio:6.2f} {w.target:7.2g}"
-            print(f"{w.name:40s} {figures} {verdict:5s} {w.meaning}", flush=True)
 
         for w in first:
             report(

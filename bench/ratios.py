@@ -249,13 +249,19 @@ def main() -> None:
         bench = Bench(uri, sizes)
         for w in workloads(bench, sizes):
             # Alternate the sides and keep each one's best: the machine is noisy.
-            runs = [(rate(w.reference, w.jobs), rate(w.ours, w.jobs)) for _ in range(args.rounds)]
-            reference, ours = max(r[0] for r in runs), max(r[1] for r in runs)
-            ratio = ours / reference
-            verdict = "" if not w.target else ("ok" if ratio >= w.target else "BELOW")
-            target = f"{w.target:.2g}" if w.target else "-"
-            figures = f"{reference:10.0f} {ours:10.0f} {ratio:6.2f} {target:>7s}"
-            print(f"{w.name:36s} {figures} {verdict:5s} {w.meaning}", flush=True)
+            report(
+                w, [(rate(w.reference, w.jobs), rate(w.ours, w.jobs)) for _ in range(args.rounds)]
+            )
+
+
+def report(w: Workload, runs: list[tuple[float, float]], width: int = 36) -> None:
+    """One line: each side's best rate over the rounds, their ratio, and the verdict."""
+    reference, ours = max(r[0] for r in runs), max(r[1] for r in runs)
+    ratio = ours / reference
+    verdict = "" if not w.target else ("ok" if ratio >= w.target else "BELOW")
+    target = f"{w.target:.2g}" if w.target else "-"
+    figures = f"{reference:10.0f} {ours:10.0f} {ratio:6.2f} {target:>7s}"
+    print(f"{w.name:{width}s} {figures} {verdict:5s} {w.meaning}", flush=True)
 
 
 if __name__ == "__main__":

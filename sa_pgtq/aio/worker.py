@@ -30,7 +30,6 @@ from ..worker import start, stop
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
 from ..worker.producer import BURST_RECHECK, idle_seconds, task_listener
-from ..worker.services import side_services
 from .queue import AsyncQueue
 
 log = logging.getLogger(__name__)
@@ -75,13 +74,7 @@ class AsyncWorker(BaseWorker[AsyncQueue]):
         executor = self.queue.executor
         leases = Leases()
         completer = Completer(executor, leases)
-        services, at_start = side_services(
-            executor.backend,
-            self.queue.schedules,
-            leases,
-            lease=self.lease,
-            poll_interval=self.poll_interval,
-        )
+        services, at_start = self._services(leases)
         for service in at_start:
             await bridge.spawn(service.safe_tick)
         await bridge.spawn(start, *services, completer)

@@ -30,7 +30,6 @@ from ..queue import Queue
 from .base import BaseWorker
 from .completer import Completer
 from .producer import Producer
-from .services import side_services
 
 __all__ = ["Worker", "main_loop"]
 
@@ -51,13 +50,7 @@ class Worker(BaseWorker[Queue]):
         executor = self.queue.executor
         leases = Leases()
         completer = Completer(executor, leases)
-        services, at_start = side_services(
-            executor.backend,
-            self.queue.schedules,
-            leases,
-            lease=self.lease,
-            poll_interval=self.poll_interval,
-        )
+        services, at_start = self._services(leases)
         for service in at_start:
             service.safe_tick()
         producer = Producer(

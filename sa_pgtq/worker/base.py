@@ -1,4 +1,4 @@
-"""What `Worker` and `AsyncWorker` share: their options, stopping, and signals."""
+"""What `Worker` and `AsyncWorker` share: their options, side services, stopping, signals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import threading
 from typing import Generic, Protocol, TypeVar
 
 from .. import validation
-from ..execution import DEFAULT_LEASE
+from ..execution import DEFAULT_LEASE, Executor
+from ..leases import Leases
+from ..periodic import Periodic
+from ..schedules import ScheduleRegistry
+from .services import side_services
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +20,12 @@ log = logging.getLogger(__name__)
 class _Queue(Protocol):
     @property
     def poll_interval(self) -> float: ...
+
+    @property
+    def executor(self) -> Executor: ...
+
+    @property
+    def schedules(self) -> ScheduleRegistry: ...
 
 
 Q = TypeVar("Q", bound=_Queue)
@@ -46,6 +56,16 @@ class BaseWorker(Generic[Q]):
         self.timeout = validation.check_timeout(timeout, "timeout")
         self.install_signal_handlers = install_signal_handlers
         self._stopping = threading.Event()
+
+    def _services(self, leases: Leases) -> tuple[list[Periodic], list[Periodic]]:
+        """The services beside the run, and those to tick once before its first claim."""
+        return side_services(
+            self.queue.executor.backend,
+            self.queue.schedules,
+            leases,
+            lease=self.lease,
+            poll_interval=self.poll_interval,
+        )
 
     def stop(self) -> None:
         """Finish the tasks in hand, put back the claimed but unstarted rest, and return."""
