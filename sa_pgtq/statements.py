@@ -760,7 +760,8 @@ class Statements:
         kept), `{prefix}token`.
         """
         table, c = self.table, self.table.c
-        ids = bindparam(f"{prefix}ids", type_=ARRAY(BigInteger))
+        # Cast: asyncpg on SQLAlchemy 2.0.0 gets no type for a bare array in unnest().
+        ids = cast(bindparam(f"{prefix}ids", type_=ARRAY(BigInteger)), ARRAY(BigInteger))
         token = bindparam(f"{prefix}token", type_=Text)
         if not retain:
             return (

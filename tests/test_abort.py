@@ -394,7 +394,9 @@ def test_a_plain_def_handler_of_an_async_queue_sees_abort_requested(async_url: s
 
             job_id = await looping.push()
             async with async_working(aq, lease=60):
+                deadline = time.monotonic() + 10
                 while not started.is_set():
+                    assert time.monotonic() < deadline, "the handler never started"
                     await asyncio.sleep(0.02)
                 asked = time.monotonic()
                 assert await aq.abort(job_id) is True

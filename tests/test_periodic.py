@@ -202,7 +202,7 @@ def test_each_tick_makes_one_job_however_many_workers_offer_it(pq: sa_pgtq.Queue
     first, second = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, 1, tzinfo=UTC)
 
     def offer_together(tick: datetime, workers: int = 8) -> list[int | None]:
-        barrier = threading.Barrier(workers)
+        barrier = threading.Barrier(workers, timeout=10)
         ids: list[int | None] = []
 
         def offer() -> None:

@@ -92,7 +92,7 @@ def test_eight_concurrent_transactions_make_one_job_and_keep_their_own_rows(
     @q.handler()
     def ship(order: int) -> None: ...
 
-    start = threading.Barrier(8)
+    start = threading.Barrier(8, timeout=10)
     ids: list[int] = []
     errors_seen: list[BaseException] = []
 
