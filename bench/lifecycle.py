@@ -13,11 +13,10 @@ Each workload alternates its two sides for --rounds rounds and keeps each side's
 
 from __future__ import annotations
 
-import argparse
 import time
 from datetime import timedelta
 
-from ratios import Workload, rate, report
+from ratios import Workload, arguments, rate, report
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -90,14 +89,8 @@ class Bench:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--url", help="PostgreSQL URL (default: DATABASE_URL, else embedded)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    args = parser.parse_args()
-    scale = 10 if args.quick else 1
+    args = arguments(__doc__)
+    scale = args.scale
     drain, single, finished = 20_000 // scale, 2000 // scale, 1_000_000 // scale
 
     with database_url(args.url) as uri:

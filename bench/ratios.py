@@ -232,15 +232,20 @@ def workloads(b: Bench, n: dict[str, int]) -> list[Workload]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+def arguments(doc: str | None) -> argparse.Namespace:
+    """The benchmarks' command line: --url, --rounds, --quick (sizes / 10: `args.scale`)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--url", help="PostgreSQL URL (default: DATABASE_URL, else embedded)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
-    scale = 10 if args.quick else 1
+    args.scale = 10 if args.quick else 1
+    return args
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    scale = args.scale
     sizes = {"single": 2000, "bulk": 50_000, "drain": 20_000, "drain_tx": 3000, "backlog": 200_000}
     sizes = {name: size // scale for name, size in sizes.items()}
 
