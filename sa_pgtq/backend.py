@@ -42,6 +42,11 @@ class Backend:
         self.retention = retention
 
     @property
+    def keeps_finished(self) -> bool:
+        """Whether jobs that end are kept (succeeded, cancelled) rather than deleted."""
+        return self.retention is not None
+
+    @property
     def table_name(self) -> str:
         return str(self.statements.table.name)
 

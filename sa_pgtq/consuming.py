@@ -170,11 +170,10 @@ def listen(
     )
     # Messages are taken on the listening connection itself when it reaches the queue's
     # database directly: a wake-up goes straight to the DELETE, with no pool check-out.
-    own_engine = caller is None and listener.engine is backend.binding.engine
     with listener:
         while True:
             in_body = False
-            own = listener.connection() if own_engine else None
+            own = None if caller is not None else listener.connection_to(backend.binding.engine)
             try:
                 current = rules()
                 with hold(backend, tag, caller, current, own) as row:

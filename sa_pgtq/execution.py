@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, scoped_session
 
 from . import bridge, gateway, validation
@@ -74,11 +75,6 @@ class Executor:
         self.handlers = handlers
         self._local = threading.local()  # each thread's `Runner`, for runs with a time limit
 
-    @property
-    def retain(self) -> bool:
-        """Whether succeeded tasks are kept, with their results (the queue has a retention)."""
-        return self.backend.retention is not None
-
     def claim(
         self,
         limit: int,
@@ -104,7 +100,7 @@ class Executor:
                 token,
                 lease,
                 finished,
-                retain=self.retain,
+                retain=self.backend.keeps_finished,
             )
             if finished:
                 _warn_if_lost(len(finished.ids) - removed)
@@ -192,13 +188,8 @@ class Executor:
                 return Outcome(succeeded=True, result=result, needs_ack=True, stored=stored)
             # The handler's writes and the job's completion commit together, or not at all.
             session = context.session
-            done = Finished(task.token, [task.id], [stored])
-            if not gateway.acknowledge_tasks(
-                session.connection(),
-                self.backend.statements,
-                self.backend.queue_name,
-                done,
-                retain=self.retain,
+            if not self._acknowledge_on(
+                session.connection(), Finished(task.token, [task.id], [stored])
             ):
                 session.rollback()
                 log.warning(
@@ -220,14 +211,13 @@ class Executor:
         """A run that did not succeed: cancelled if its abort was requested, else a failure."""
         if task.abort.requested:
             return self._end_aborted(task)
-        # A result JSON cannot hold would be the same on every try.
-        self.record_failure(task, exc, final=isinstance(exc, TaskResultError))
+        self.record_failure(task, exc)
         return Outcome(succeeded=False, error=exc)
 
     def _end_aborted(self, task: Task) -> Outcome:
         """End an aborted task as cancelled (kept with a retention), never to be retried."""
         if self.backend.run(
-            task.caller, gateway.end_aborted, task.id, task.token, keep=self.retain
+            task.caller, gateway.end_aborted, task.id, task.token, keep=self.backend.keeps_finished
         ):
             log.warning("task %s (%s) was aborted on request: cancelled", task.id, task.name)
         else:
@@ -260,26 +250,19 @@ class Executor:
             if owned is not None:
                 owned.close()
             block.rollback()
-            self.record_failure(task, exc, final=isinstance(exc, TaskResultError))
+            self.record_failure(task, exc)
             return Outcome(succeeded=False, error=exc)
         finally:
             deactivate(reset)
         if owned is not None:
             owned.close()
         block.commit()
-        done = Finished(task.token, [task.id], [stored])
-        gateway.acknowledge_tasks(
-            joined.connection,
-            self.backend.statements,
-            self.backend.queue_name,
-            done,
-            retain=self.retain,
-        )
+        self._acknowledge_on(joined.connection, Finished(task.token, [task.id], [stored]))
         return Outcome(succeeded=True, result=result, stored=stored)
 
     def _stored(self, task: Task, result: Any) -> str | None:
         """The result as the JSON text to keep (None: no retention, or nothing returned)."""
-        if result is None or not self.retain:
+        if result is None or not self.backend.keeps_finished:
             return None
         try:
             return validation.encode_data(result, "json", None)
@@ -300,10 +283,14 @@ class Executor:
             self._local.runner = None  # it ended, idle
 
     def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> None:
-        """Queue the task again after a backoff, or keep it as `failed` once out of attempts."""
+        """Queue the task again after a backoff, or keep it as `failed` once out of attempts.
+
+        A result JSON cannot hold fails for good: it would be the same on every try.
+        """
         handler = self.handlers.get(task.name)
         max_attempts = handler.max_attempts if handler else DEFAULT_MAX_ATTEMPTS
         base_delay = handler.retry_delay if handler else DEFAULT_RETRY_DELAY
+        final = final or isinstance(exc, TaskResultError)
         give_up = final or task.attempts >= max_attempts
         delay = 0.0 if give_up else backoff(base_delay, task.attempts)
         log.log(
@@ -329,14 +316,14 @@ class Executor:
         """Acknowledge succeeded tasks (of one claim or several) in one transaction."""
         with self.backend.connection(None, atomic=len(finished) > 1) as conn:
             for done in finished:
-                acknowledged = gateway.acknowledge_tasks(
-                    conn,
-                    self.backend.statements,
-                    self.backend.queue_name,
-                    done,
-                    retain=self.retain,
-                )
-                _warn_if_lost(len(done.ids) - acknowledged)
+                _warn_if_lost(len(done.ids) - self._acknowledge_on(conn, done))
+
+    def _acknowledge_on(self, conn: Connection, done: Finished) -> int:
+        """Acknowledge `done` on `conn` (removed, or kept with results); how many were held."""
+        backend = self.backend
+        return gateway.acknowledge_tasks(
+            conn, backend.statements, backend.queue_name, done, retain=backend.keeps_finished
+        )
 
     def release(self, token: str, ids: list[int]) -> None:
         """Put claimed tasks that never started back, untouched (a graceful shutdown)."""

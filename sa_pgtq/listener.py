@@ -80,10 +80,6 @@ class Listener:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
     def connection(self) -> Connection | None:
         """The listening connection, for a transaction between waits; None when not listening.
 
@@ -92,6 +88,11 @@ class Listener:
         transactions) and calls `close` after a database error on it.
         """
         return self._conn if self._pid == os.getpid() else None
+
+    def connection_to(self, engine: Engine) -> Connection | None:
+        """`connection()`, when it reaches `engine`'s database directly (not a `listen_bind`
+        of its own): work done there then takes no pool check-out."""
+        return self.connection() if self._engine is engine else None
 
     def close(self) -> None:
         self._conn = self._notifications = None

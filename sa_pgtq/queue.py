@@ -254,7 +254,7 @@ class Queue:
         With a retention it is kept as `cancelled` for that long, else deleted.
         """
         checked = validation.check_job_id(job_id)
-        keep = self.retention is not None
+        keep = self.backend.keeps_finished
         return self.backend.run(session, gateway.cancel_job, self.name, checked, keep=keep)
 
     def abort(self, job_id: int, session: Caller | None = None) -> bool:
@@ -267,7 +267,7 @@ class Queue:
         is absent, another queue's, or finished.
         """
         checked = validation.check_job_id(job_id)
-        keep = self.retention is not None
+        keep = self.backend.keeps_finished
         return self.backend.run(session, gateway.abort_job, self.name, checked, keep=keep)
 
     def failed(

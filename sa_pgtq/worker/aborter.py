@@ -53,10 +53,9 @@ class Aborter(Periodic):
     def _connection(self) -> Iterator[Connection]:
         # The listening connection when it reaches the queue's database: handlers
         # holding every pooled connection must not hold up their own abort.
-        listener, binding = self._listener, self._backend.binding
-        own = listener.connection() if listener.engine is binding.engine else None
+        own = self._listener.connection_to(self._backend.binding.engine)
         if own is None:
-            with binding.transaction() as conn:
+            with self._backend.binding.transaction() as conn:
                 yield conn
             return
         try:
