@@ -245,30 +245,29 @@ def check_schedule(run_at: object, delay: object) -> tuple[datetime | None, time
             raise InvalidInputError(
                 "run_at must be timezone-aware (e.g. datetime.now(timezone.utc))"
             )
-    if delay is not None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise InvalidInputError(
-                f"delay must be a timedelta or seconds, got {type(delay).__name__}"
-            )
-        if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
-            raise InvalidInputError("delay must be finite and at most a century")
-        delay = delay if isinstance(delay, timedelta) else timedelta(seconds=seconds)
-    return run_at, delay
+    return run_at, None if delay is None else check_duration(delay, "delay")
+
+
+def check_duration(value: object, what: str) -> timedelta:
+    """A timedelta or seconds, finite and at most a century either way."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise InvalidInputError(
+            f"{what} must be a timedelta or seconds, got {type(value).__name__}"
+        )
+    if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
+        raise InvalidInputError(f"{what} must be finite and at most a century")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 def check_retention(retention: object) -> timedelta | None:
     """A queue's retention: a timedelta or seconds (positive, at most a century), or None."""
     if retention is None:
         return None
-    seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise InvalidInputError(
-            f"retention must be a timedelta, seconds or None, got {type(retention).__name__}"
-        )
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
-        raise InvalidInputError("retention must be positive and at most a century")
-    return timedelta(seconds=seconds)
+    kept_for = check_duration(retention, "retention")
+    if kept_for <= timedelta(0):
+        raise InvalidInputError("retention must be positive")
+    return kept_for
 
 
 def check_options(data_type: object, data_length: object, excepted_times_to_ignore: object) -> None:
