@@ -374,8 +374,12 @@ def acknowledge_tasks(
     """Remove succeeded tasks still held under their token, or keep them with their results
     (`retain`, waking the queue's `result()` waiters); how many were acknowledged (the rest
     had lost their lease)."""
-    params = {"ids": done.ids, "results": done.results, "token": done.token}
-    params["queue_name"] = queue_name
+    params = {
+        "ids": done.ids,
+        "results": done.results,
+        "token": done.token,
+        "queue_name": queue_name,
+    }
     return int(conn.execute(table.ack_tasks[retain], params).scalar_one())
 
 

@@ -78,6 +78,11 @@ def const(value: str) -> ColumnElement[str]:
     return literal_column(f"'{value}'", Text)
 
 
+def _in_states(state: ColumnElement[str], states: tuple[str, ...]) -> ColumnElement[bool]:
+    """`state IN (...)` of sa_pgtq's own constants, rendered inline (see `const`)."""
+    return state.in_([const(value) for value in states])
+
+
 def _run_at() -> ColumnElement[Any]:
     # Scheduling is computed by the server clock: an explicit run_at wins, else now() + delay.
     return func.coalesce(
@@ -362,13 +367,13 @@ class Statements:
             .where(
                 c.id == bindparam("job_id"),
                 c.queue == queue,
-                c.state.in_([const(QUEUED), const(FAILED)]),
+                _in_states(c.state, (QUEUED, FAILED)),
             )
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        #: The side table of paused queues.
-        self.queues: Table = side_tables(str(table.name), table.metadata)[0]
+        #: The side tables: paused queues, and periodic tasks' last ticks.
+        self.queues, self.ticks = side_tables(str(table.name), table.metadata)
         self._pause_statements()
         #: [keep] job_id, queue -> id if a waiting or failed job was cancelled (kept as such,
         #: or deleted); a locked one is skipped
@@ -393,7 +398,7 @@ class Statements:
         raises and never aborts the caller's transaction.
         """
         table, c = self.table, self.table.c
-        active = and_(c.unique_key.is_not(None), c.state.in_([const(s) for s in ACTIVE]))
+        active = and_(c.unique_key.is_not(None), _in_states(c.state, ACTIVE))
         unique_key = bindparam("unique_key", type_=Text)
         lock_key = bindparam("lock_key", type_=Text)
         #: queue_name, kind, tag, data, priority, run_at, delay, unique_key, lock_key -> id, or
@@ -446,7 +451,7 @@ class Statements:
         self.holders_of_keys: Select[Any] = select(c.unique_key, c.id).where(
             c.queue == queue,
             c.unique_key == any_(keys),
-            c.state.in_([const(s) for s in ACTIVE]),
+            _in_states(c.state, ACTIVE),
         )
 
     def _pause_statements(self) -> None:
@@ -489,7 +494,7 @@ class Statements:
             .where(
                 c.id == bindparam("job_id"),
                 c.queue == queue,
-                c.state.in_([const(QUEUED), const(RUNNING)]),
+                _in_states(c.state, ACTIVE),
             )
             .with_for_update()
             .cte("target")
@@ -703,7 +708,7 @@ class Statements:
                 ~exists().where(
                     holder.c.queue == c.queue,
                     holder.c.unique_key == c.unique_key,
-                    holder.c.state.in_([const(s) for s in ACTIVE]),
+                    _in_states(holder.c.state, ACTIVE),
                 ),
                 ~exists().where(
                     twin.c.queue == c.queue,
@@ -738,7 +743,7 @@ class Statements:
             select(c.id)
             .where(
                 c.queue == queue,
-                c.state.in_([const(s) for s in PRUNABLE]),
+                _in_states(c.state, PRUNABLE),
                 c.finished_at < func.clock_timestamp() - bindparam("retention", type_=Interval),
             )
             .order_by(c.finished_at)
@@ -797,7 +802,7 @@ class Statements:
 
     def _periodic_statements(self) -> None:
         table = self.table
-        ticks = side_tables(str(table.name), table.metadata)[1]
+        ticks = self.ticks
         queue = bindparam("queue_name", type_=Text)
         # Not "name": an UPDATE would take a parameter named after a column for its SET.
         name = bindparam("schedule", type_=Text)
