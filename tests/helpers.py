@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -18,6 +18,8 @@ from sqlalchemy.engine import make_url
 import sa_pgtq
 from sa_pgtq import errors
 from sa_pgtq.embedded import EmbeddedServer
+
+T = TypeVar("T")
 
 DRIVERS = ("psycopg2", "psycopg")
 #: The asyncio API's drivers: every async test runs on each.
@@ -90,14 +92,35 @@ def next_within(stream: Iterator[Any], seconds: float) -> Any:
     return result[0]
 
 
+def at_once(count: int, call: Callable[[int], T]) -> list[T]:
+    """`call(0)` .. `call(count - 1)`, each in a thread, released together; their results."""
+    barrier = threading.Barrier(count, timeout=10)
+    results: list[T | None] = [None] * count
+    failures: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            results[n] = call(n)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if failures:
+        raise failures[0]
+    return results  # type: ignore[return-value]
+
+
 def dequeue_concurrently(q: sa_pgtq.Queue, tag: str, consumers: int) -> list[Any]:
     """Everything `consumers` threads get from `with q.dequeue(tag)` until it runs dry."""
     seen: list[Any] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(consumers)
 
-    def consume() -> None:
-        barrier.wait()
+    def consume(_: int) -> None:
         while True:
             with q.dequeue(tag) as data:
                 if data is None:
@@ -105,11 +128,7 @@ def dequeue_concurrently(q: sa_pgtq.Queue, tag: str, consumers: int) -> list[Any
                 with lock:
                     seen.append(data)
 
-    threads = [threading.Thread(target=consume) for _ in range(consumers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    at_once(consumers, consume)
     return seen
 
 

@@ -324,6 +324,14 @@ async def async_job(engine: AsyncEngine, job_id: int) -> tuple[Any, ...] | None:
     return None if row is None else tuple(row)
 
 
+async def abort_until_cancelled(aq: sa_pgtq.AsyncQueue, job_id: int, asked: float) -> None:
+    """Abort a running job, and wait (5 s at most) until it ended cancelled, its write undone."""
+    assert await aq.abort(job_id) is True
+    while await async_job(aq.engine, job_id) != ("cancelled", 1, True, 0):
+        assert time.monotonic() - asked < 5
+        await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def async_working(aq: sa_pgtq.AsyncQueue, **options: Any) -> AsyncIterator[None]:
     worker = sa_pgtq.AsyncWorker(aq, install_signal_handlers=False, **options)
@@ -371,10 +379,7 @@ def test_a_running_async_handler_is_cancelled_within_a_second(
             async with async_working(aq, lease=60):  # the heartbeat is 20 s away
                 await asyncio.wait_for(started.wait(), 10)
                 asked = time.monotonic()
-                assert await aq.abort(job_id) is True
-                while await async_job(aq.engine, job_id) != ("cancelled", 1, True, 0):
-                    assert time.monotonic() - asked < 5
-                    await asyncio.sleep(0.05)
+                await abort_until_cancelled(aq, job_id, asked)
             return cancelled[0] - asked
 
     assert asyncio.run(main()) < DELIVERY
@@ -399,10 +404,7 @@ def test_a_plain_def_handler_of_an_async_queue_sees_abort_requested(async_url: s
                     assert time.monotonic() < deadline, "the handler never started"
                     await asyncio.sleep(0.02)
                 asked = time.monotonic()
-                assert await aq.abort(job_id) is True
-                while await async_job(aq.engine, job_id) != ("cancelled", 1, True, 0):
-                    assert time.monotonic() - asked < 5
-                    await asyncio.sleep(0.05)
+                await abort_until_cancelled(aq, job_id, asked)
             return seen[0] - asked
 
     assert asyncio.run(main()) < DELIVERY

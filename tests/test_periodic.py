@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from cronsim import CronSim
-from helpers import Spawn, count, engine_for, wait_ready
+from helpers import Spawn, at_once, count, engine_for, wait_ready
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -202,19 +202,10 @@ def test_each_tick_makes_one_job_however_many_workers_offer_it(pq: sa_pgtq.Queue
     first, second = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, 1, tzinfo=UTC)
 
     def offer_together(tick: datetime, workers: int = 8) -> list[int | None]:
-        barrier = threading.Barrier(workers, timeout=10)
-        ids: list[int | None] = []
+        def offer(_: int) -> int | None:
+            return backend.run(None, gateway.insert_tick_job, pq.name, "job", tick, data)
 
-        def offer() -> None:
-            barrier.wait()
-            ids.append(backend.run(None, gateway.insert_tick_job, pq.name, "job", tick, data))
-
-        threads = [threading.Thread(target=offer) for _ in range(workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        return ids
+        return at_once(workers, offer)
 
     assert offer_together(first) == [None] * 8, "first sight records the tick, runs nothing"
     won = [job_id for job_id in offer_together(second) if job_id is not None]
