@@ -29,7 +29,7 @@ from ..tasks import Task
 from ..worker import start, stop
 from ..worker.base import BaseWorker
 from ..worker.completer import Completer
-from ..worker.producer import BURST_RECHECK, idle_seconds, task_listener
+from ..worker.producer import burst_recheck, idle_seconds, task_listener
 from .queue import AsyncQueue
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,10 @@ class _Dispatch:
                 if self._found_none:  # nothing is due: wait for the claims out, then a NOTIFY
                     if not claims:
                         if burst:
-                            # Unless a lock's line waits for a task of ours.
-                            if not self._held_then:
+                            wait = burst_recheck(self._held_then, self._leases, self._completer)
+                            if wait is None:
                                 return
-                            await asyncio.sleep(BURST_RECHECK)
+                            await asyncio.sleep(wait)
                             self._found_none = False
                             continue
                         await self._wait_for_work(listener)

@@ -59,6 +59,10 @@ class Completer(Periodic):
                 done = self._pending[token] = Finished(token)
             done.add(task_id, result)
 
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
     def take_one(self) -> Finished | None:
         """One claim's pending tasks (the longest waiting), for a claim to acknowledge."""
         with self._lock:

@@ -88,11 +88,11 @@ class Producer:
                         size.update(len(tasks), time.monotonic() - started)
                         continue
                     if burst:
-                        # Nothing due, unless a lock's line waits for a task of ours (or
-                        # one this very claim acknowledged, which it could not yet see).
-                        if not held:
+                        wait = burst_recheck(held, self._leases, self._completer)
+                        if wait is None:
                             return
-                        listener.wait(BURST_RECHECK, self._stopping)
+                        if wait:
+                            listener.wait(wait, self._stopping)
                         continue
                     listener.wait(idle_seconds(backend, self._poll_interval), self._stopping)
                 except (DBAPIError, SQLAlchemyTimeoutError) as exc:
@@ -124,6 +124,22 @@ class Producer:
             # Released, or abandoned by an error: whatever never ran is no longer renewed,
             # so if it is still claimed its lease expires and another worker takes it.
             self._leases.drop(token, ids[done:])
+
+
+def burst_recheck(held: bool, leases: Leases, completer: Completer) -> float | None:
+    """After a claim of a burst run found nothing: None to stop, else seconds to wait (at
+    most: a NOTIFY ends it) before claiming again.
+
+    Nothing is due unless a lock's line waits for a task of ours: one still to be
+    acknowledged (the next claim does it, at once), one still running (its end may
+    free the next of its line), or one this very claim acknowledged (`held` before
+    it), which the claim could not yet see gone.
+    """
+    if completer.has_pending():
+        return 0.0
+    if leases.holding():
+        return BURST_RECHECK
+    return 0.0 if held else None
 
 
 def task_listener(backend: Backend, poll_interval: float) -> Listener:
