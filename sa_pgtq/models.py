@@ -66,7 +66,7 @@ ABORT = "abort"
 #: The schema version the model describes (`schema.LATEST`). From version 2 on, a
 #: queue table records its version in its comment, so that dropping or upgrading a
 #: table made by older code knows where it stands.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA_RECORD = "sa_pgtq schema version "
 
 _queue_tables: set[str] = set()
@@ -131,6 +131,12 @@ def _table_args(table: str) -> tuple[Any, ...]:
             postgresql_where=text(in_states(PRUNABLE)),
         ),
         Index(
+            f"ix_{table}_failed",
+            "queue",
+            "id",
+            postgresql_where=text(f"state = '{FAILED}'"),
+        ),
+        Index(
             f"ux_{table}_holders",
             "queue",
             "lock_key",
@@ -179,6 +185,8 @@ class JobMixin:
     lock_key: Mapped[str | None] = mapped_column(Text)
     #: Set by `abort()` on a running job: its handler is asked to stop.
     abort_requested_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    #: What travels with the job besides its data: the producer's trace context.
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     @declared_attr.directive
     @classmethod

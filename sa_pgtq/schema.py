@@ -260,12 +260,34 @@ def _v4_down(op: Operations, table: str) -> None:
     op.create_table_comment(table, schema_comment(3))
 
 
+def _v5_up(op: Operations, table: str) -> None:
+    # Operating and observing. `meta` carries what travels with a job besides its data
+    # (the producer's trace context); nullable without a default, so adding it rewrites
+    # nothing. Failed rows had no index: listing, counting and finding the queues of
+    # failed jobs scanned the table, and an operator's tools do all three.
+    op.add_column(table, sa.Column("meta", JSONB, nullable=True))
+    op.create_index(
+        f"ix_{table}_failed",
+        table,
+        ["queue", "id"],
+        postgresql_where=sa.text(f"state = '{FAILED}'"),
+    )
+    op.create_table_comment(table, schema_comment(5))
+
+
+def _v5_down(op: Operations, table: str) -> None:
+    op.drop_index(f"ix_{table}_failed", table_name=table)
+    op.drop_column(table, "meta")
+    op.create_table_comment(table, schema_comment(4))
+
+
 Step = Callable[[Operations, str], None]
 _STEPS: list[tuple[Step, Step]] = [
     (_v1_up, _v1_down),
     (_v2_up, _v2_down),
     (_v3_up, _v3_down),
     (_v4_up, _v4_down),
+    (_v5_up, _v5_down),
 ]
 
 #: The schema version the current code expects.

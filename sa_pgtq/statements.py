@@ -91,6 +91,11 @@ def _run_at() -> ColumnElement[Any]:
     )
 
 
+def _meta() -> ColumnElement[Any]:
+    """A new job's meta: JSON text or NULL (`validation.new_job_params`)."""
+    return cast(bindparam("meta", type_=Text), JSONB)
+
+
 def _seconds_until_due(table: Any, waiting: ColumnElement[bool]) -> Select[Any]:
     # The server's clock decides, so client clock skew cannot delay a job. A job due
     # for longer than a moment that a fetch just missed is held by another consumer:
@@ -246,6 +251,7 @@ class Statements:
                 data=cast(bindparam("data", type_=Text), JSONB),
                 priority=bindparam("priority"),
                 run_at=_run_at(),
+                meta=_meta(),
             )
             .returning(c.id, _notify_if_due(table))
         )
@@ -263,7 +269,7 @@ class Statements:
         inserted = (
             insert(table)
             .from_select(
-                ["queue", "kind", "tag", "data", "priority", "run_at"],
+                ["queue", "kind", "tag", "data", "priority", "run_at", "meta"],
                 select(
                     cast(queue, Text),
                     cast(kind, Text),
@@ -271,6 +277,7 @@ class Statements:
                     rows.c.d,
                     bindparam("priority"),
                     _run_at(),
+                    _meta(),
                 ).order_by(rows.c.n),
             )
             .returning(c.id, c.run_at)
@@ -414,6 +421,7 @@ class Statements:
                 run_at=_run_at(),
                 unique_key=unique_key,
                 lock_key=lock_key,
+                meta=_meta(),
             )
             .on_conflict_do_nothing(index_elements=[c.queue, c.unique_key], index_where=active)
             .returning(c.id, _notify_if_due(table))
@@ -422,7 +430,17 @@ class Statements:
         inserted = (
             upsert(table)
             .from_select(
-                ["queue", "kind", "tag", "data", "priority", "run_at", "unique_key", "lock_key"],
+                [
+                    "queue",
+                    "kind",
+                    "tag",
+                    "data",
+                    "priority",
+                    "run_at",
+                    "unique_key",
+                    "lock_key",
+                    "meta",
+                ],
                 select(
                     cast(queue, Text),
                     cast(kind, Text),
@@ -432,6 +450,7 @@ class Statements:
                     _run_at(),
                     Grouping(keys)[rows.c.n],  # (CAST(..))[n]: the cast must be bracketed
                     lock_key,
+                    _meta(),
                 ).order_by(rows.c.n),
             )
             .on_conflict_do_nothing(index_elements=[c.queue, c.unique_key], index_where=active)

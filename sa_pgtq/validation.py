@@ -346,6 +346,7 @@ def new_job_params(
         "delay": checked_delay,
         "unique_key": None if unique_key is None else check_name(unique_key, "unique_key"),
         "lock_key": None if lock is None else check_name(lock, "lock"),
+        "meta": None,  # JSON text: set by tracing, when the producer is traced
     }
 
 

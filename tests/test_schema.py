@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 import sa_pgtq
-from sa_pgtq import gateway
+from sa_pgtq import gateway, schema
 from sa_pgtq.models import JobMixin, job_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,7 +241,7 @@ def test_a_custom_table_name_migrates_and_works(new_database: Callable[[], str])
     q.enqueue("t", "in app_jobs")
     assert next(iter(q.listen("t", timeout=2))) == "in app_jobs"
     with create_engine(url).connect() as conn:
-        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 8
+        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 9
 
 
 def test_host_autogenerate_ignores_the_queue_table(new_database: Callable[[], str]) -> None:
@@ -360,7 +360,7 @@ def test_a_host_app_runs_the_branch_from_the_installed_package(
 
     host_alembic("upgrade", "sa_pgtq@head")
     host_alembic("upgrade", "heads")
-    assert {"host_0001 (head)", "sa_pgtq_0004 (head)"} <= set(
+    assert {"host_0001 (head)", "sa_pgtq_0005 (head)"} <= set(
         line.split(" (effective")[0] for line in host_alembic("current").split("\n") if line
     )
     sa_pgtq.Queue(url).enqueue("t", "queued in the host's database")
@@ -387,7 +387,7 @@ V1_JOBS = text(
 )
 
 
-def test_version_4_upgrades_live_jobs_from_version_1_and_goes_back(
+def test_upgrades_keep_live_jobs_from_version_1_and_go_back(
     new_database: Callable[[], str],
 ) -> None:
     url = new_database()
@@ -400,7 +400,7 @@ def test_version_4_upgrades_live_jobs_from_version_1_and_goes_back(
 
     alembic(url, "upgrade", "head")
     with engine.connect() as conn:
-        assert ("comment", "sa_pgtq schema version 4") in snapshot(conn)
+        assert ("comment", f"sa_pgtq schema version {schema.LATEST}") in snapshot(conn)
     q = sa_pgtq.Queue(engine, retention=3600)
 
     @q.handler()
