@@ -13,6 +13,7 @@ or (an async handler) was cancelled. A task aborted before it started never runs
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, nullcontext
@@ -28,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, scoped_session
 
-from . import bridge, gateway, validation
+from . import bridge, gateway, tracing, validation
 from .backend import Backend
 from .binding import join
 from .context import JobContext, activate, deactivate
@@ -51,6 +53,7 @@ from .handlers import (
     HandlerRegistry,
 )
 from .leases import Heartbeat, Leases
+from .models import FAILED, QUEUED
 from .runner import Call, Runner
 from .tasks import AbortSignal, Finished, Outcome, Task
 
@@ -60,6 +63,9 @@ DEFAULT_LEASE = 30.0  # seconds a claim stays valid without a heartbeat
 #: Seconds an async handler past its timeout is given to act on its cancellation.
 CANCEL_GRACE = 1.0
 _HOST = socket.gethostname()
+
+#: Told of each run once it is recorded: the task, its outcome, the seconds it took.
+RunObserver = Callable[[Task, Outcome, float], None]
 
 
 def new_token() -> str:
@@ -74,6 +80,8 @@ class Executor:
         self.backend = backend
         self.handlers = handlers
         self._local = threading.local()  # each thread's `Runner`, for runs with a time limit
+        #: Told of every run (`sa_pgtq.metrics`); none: a run is not even timed.
+        self.observers: list[RunObserver] = []
 
     def claim(
         self,
@@ -122,6 +130,7 @@ class Executor:
                     self,
                     lease,
                     caller,
+                    meta=row.meta,
                 )
                 if isinstance(call, Exception):
                     self.record_failure(task, call, final=True)
@@ -141,12 +150,17 @@ class Executor:
         the handler's thread is left behind, and nothing it writes commits. On the
         event loop (`AsyncQueue`) an async handler is cancelled instead.
         """
+        return self._instrumented(task, self._run_claimed, task, timeout)
+
+    def _run_claimed(self, task: Task, timeout: float | None) -> Outcome:
         handler = self.handlers.get(task.name)
         limit = timeout if handler is None or handler.timeout is None else handler.timeout
         context = JobContext(self.backend, task)
         if limit is None or self.backend.binding.asynchronous:
             return self._attempt(handler, context, limit)
-        runner, call = self._submit(lambda: self._attempt(handler, context))
+        # In the run's context (its span): the handler's own spans are the run's children.
+        run = contextvars.copy_context().run
+        runner, call = self._submit(lambda: run(self._attempt, handler, context))
         if call.done.wait(limit) or not context.expire():
             return call.result()  # in time, or its outcome was being recorded already
         self._local.runner = None
@@ -156,7 +170,7 @@ class Executor:
     def run_popped(self, task: Task) -> Outcome:
         """Run a task taken with `Queue.pop()`: its lease is kept alive while it runs."""
         if task.caller is not None:
-            return self._run_in_caller(task)
+            return self._instrumented(task, self._run_in_caller, task)
         leases = Leases()
         leases.hold([task])
         heartbeat = Heartbeat(self.backend, leases, task.lease, own_connection=False)
@@ -167,6 +181,21 @@ class Executor:
             heartbeat.stop()
         if outcome.needs_ack:
             self.acknowledge([Finished(task.token, [task.id], [outcome.stored])])
+        return outcome
+
+    def _instrumented(self, task: Task, run: Callable[..., Outcome], *args: Any) -> Outcome:
+        """`run(*args)` (a run of `task`) in its span when traced, timed for the observers."""
+        traced = tracing.tracer()
+        if traced is None and not self.observers:
+            return run(*args)
+        started = time.perf_counter()
+        if traced is None:
+            outcome = run(*args)
+        else:
+            outcome = tracing.consume(traced, self.backend.queue_name, task, lambda: run(*args))
+        seconds = time.perf_counter() - started
+        for observe in self.observers:
+            observe(task, outcome, seconds)
         return outcome
 
     def _attempt(
@@ -211,8 +240,7 @@ class Executor:
         """A run that did not succeed: cancelled if its abort was requested, else a failure."""
         if task.abort.requested:
             return self._end_aborted(task)
-        self.record_failure(task, exc)
-        return Outcome(succeeded=False, error=exc)
+        return Outcome(succeeded=False, error=exc, failure=self.record_failure(task, exc))
 
     def _end_aborted(self, task: Task) -> Outcome:
         """End an aborted task as cancelled (kept with a retention), never to be retried."""
@@ -250,8 +278,7 @@ class Executor:
             if owned is not None:
                 owned.close()
             block.rollback()
-            self.record_failure(task, exc)
-            return Outcome(succeeded=False, error=exc)
+            return Outcome(succeeded=False, error=exc, failure=self.record_failure(task, exc))
         finally:
             deactivate(reset)
         if owned is not None:
@@ -282,8 +309,9 @@ class Executor:
                 return runner, call
             self._local.runner = None  # it ended, idle
 
-    def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> None:
-        """Queue the task again after a backoff, or keep it as `failed` once out of attempts.
+    def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> str:
+        """Queue the task again after a backoff, or keep it as `failed` once out of attempts;
+        which of the two (its state: queued or failed).
 
         A result JSON cannot hold fails for good: it would be the same on every try.
         """
@@ -311,6 +339,7 @@ class Executor:
             delay=delay,
             error=describe_error(exc),
         )
+        return FAILED if give_up else QUEUED
 
     def acknowledge(self, finished: list[Finished]) -> None:
         """Acknowledge succeeded tasks (of one claim or several) in one transaction."""

@@ -331,6 +331,7 @@ class ClaimedTask(NamedTuple):
     priority: int
     run_at: datetime  # when it was due (a periodic task's tick, unless it was retried)
     aborted: bool  # its abort was requested before this claim
+    meta: str | None  # JSON text: what travels with the job besides its data (trace context)
 
 
 def claim_tasks(
@@ -365,7 +366,7 @@ def claim_tasks(
     removed = int(rows[0][0])
     if rows[0][1] is None:  # nothing claimed: the one row only carries the count
         return removed, []
-    return removed, [ClaimedTask(*row[1:8]) for row in rows]  # a notice may follow
+    return removed, [ClaimedTask(*row[1:9]) for row in rows]  # a notice may follow
 
 
 def acknowledge_tasks(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from . import gateway, validation
+from . import gateway, tracing, validation
 from .backend import Backend
 from .binding import Caller, check_caller
 from .errors import DuplicateHandlerError, InvalidInputError, TaskArgumentsError
@@ -108,7 +108,11 @@ class Push(Generic[P]):
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> int:
         data = validation.encode_data(self._handler.call_data(args, kwargs), "json", None)
-        return self._handler.backend.run(self._session, gateway.insert_job, self._params, data)
+        return tracing.produce(
+            "push",
+            self._params,
+            lambda p: self._handler.backend.run(self._session, gateway.insert_job, p, data),
+        )
 
     def push_many(
         self,
@@ -129,7 +133,11 @@ class Push(Generic[P]):
         arrays = validation.encode_batch(datas, "json", None)
         if keys is None and self._params["unique_key"] is not None:
             keys = [self._params["unique_key"]]
-        return self._handler.backend.insert_jobs(self._session, self._params, arrays, keys)
+        return tracing.produce(
+            "push",
+            self._params,
+            lambda p: self._handler.backend.insert_jobs(self._session, p, arrays, keys),
+        )
 
 
 def _split(call: object) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from . import consuming, gateway, validation
+from . import consuming, gateway, tracing, validation
 from .backend import Backend
 from .binding import Bind, Binding, Caller, check_caller, timeout_and_session
 from .consuming import Rules
@@ -142,7 +142,9 @@ class Queue:
             self.name, MESSAGE, tag, run_at, delay, priority, unique_key
         )
         encoded = validation.encode_data(data, self.data_type, self.data_length)
-        return self.backend.run(session, gateway.insert_job, params, encoded)
+        return tracing.produce(
+            "enqueue", params, lambda p: self.backend.run(session, gateway.insert_job, p, encoded)
+        )
 
     def enqueue_many(
         self,
@@ -167,7 +169,9 @@ class Queue:
             check_caller(session)
             return []
         arrays = validation.encode_batch(values, self.data_type, self.data_length)
-        return self.backend.insert_jobs(session, params, arrays, keys)
+        return tracing.produce(
+            "enqueue", params, lambda p: self.backend.insert_jobs(session, p, arrays, keys)
+        )
 
     # -- dequeue -------------------------------------------------------------
 

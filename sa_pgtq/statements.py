@@ -604,6 +604,8 @@ class Statements:
                 # An abort requested of an earlier run (it was rescued, retried or put back
                 # before it was told): this run ends as cancelled, never starting.
                 c.abort_requested_at.is_not(None).label("aborted"),
+                # As text: decoded only when tracing reads the producer's context from it.
+                cast(c.meta, Text).label("meta"),
             )
         )
         # The worker's hot path: the finished tasks of one earlier claim are removed and the
@@ -616,7 +618,7 @@ class Statements:
         claimed = claim.cte("claimed")
         #: retain -> done_ids, done_results, done_token (finished tasks of one claim, their
         #: results as JSON text), queue_name, limit, token, lease -> (acked, id, tag, data,
-        #: attempts, ...): how many finished tasks were acknowledged, and the tasks claimed,
+        #: attempts, ..., meta): how many finished tasks were acknowledged, and the tasks claimed,
         #: now `running` under the lease, in dequeue order
         self.claim_tasks: dict[bool, Select[Any]] = {}
         #: retain -> ids, results, token -> (how many finished tasks were acknowledged, ...);
@@ -634,6 +636,7 @@ class Statements:
                     claimed.c.priority,
                     claimed.c.run_at,
                     claimed.c.aborted,
+                    claimed.c.meta,
                     *self._wake_waiters(acked, retain),
                 )
                 .select_from(select(literal_column("1")).subquery("one").outerjoin(claimed, true()))

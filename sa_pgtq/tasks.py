@@ -18,6 +18,8 @@ class Outcome:
     error: BaseException | None = None  # why it did not succeed
     needs_ack: bool = False  # succeeded without a session: still to be removed (in a batch)
     stored: str | None = None  # the result as JSON text, to keep (with a retention)
+    #: A failure recorded: the job's state after it, `queued` (to be retried) or `failed`.
+    failure: str | None = None
 
 
 @dataclass
@@ -99,6 +101,8 @@ class Task:
     lease: float = field(repr=False)  # seconds the claim stays valid without a renewal
     caller: object = field(default=None, repr=False, compare=False)  # whose transaction
     abort: AbortSignal = field(default_factory=AbortSignal, repr=False, compare=False)
+    #: The job's `meta` as JSON text (the producer's trace context), None when it has none.
+    meta: str | None = field(default=None, repr=False, compare=False)
 
     def run(self) -> bool:
         """Run the handler and record the outcome; True if it succeeded.

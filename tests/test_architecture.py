@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sa_pgtq"
 # waiting to happen.
 LAYERS = [
     {"errors", "models", "embedded", "bridge", "runner", "tasks"},
-    {"periodic"},
+    {"periodic", "tracing"},
     {"validation", "schema", "ticks"},
     {"statements"},
     {"gateway", "binding"},
