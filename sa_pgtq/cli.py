@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a task may run, for handlers without a timeout of their own",
     )
     worker.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (needs sa_pgtq[prometheus])",
+    )
 
     demo = commands.add_parser("demo", help="show jobs committing with the application's rows")
     demo.add_argument(
@@ -72,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
         queue = load_queue(args.queue)
+        if args.metrics_port is not None:
+            try:
+                from . import metrics
+
+                metrics.serve(queue, args.metrics_port)
+            except (ImportError, OSError, OverflowError) as exc:
+                raise SystemExit(f"sa-pgtq: --metrics-port: {exc}") from None
         options = {
             "concurrency": args.concurrency,
             "batch_size": args.batch_size,

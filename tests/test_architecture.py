@@ -26,6 +26,7 @@ LAYERS = [
     {"worker"},
     {"aio"},
     {"monitor"},
+    {"metrics"},
     {"demo"},
     {"cli"},
     {"__init__"},
