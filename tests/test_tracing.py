@@ -6,6 +6,7 @@ The SDK's in-memory exporter collects what an application's tracing backend woul
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -34,21 +35,37 @@ from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def provider() -> None:
-    """The process's tracer provider (set once, as an application does), exporting here."""
-    current = trace.get_tracer_provider()
-    if not isinstance(current, TracerProvider):
-        current = TracerProvider()
-        trace.set_tracer_provider(current)
-    current.add_span_processor(SimpleSpanProcessor(EXPORTER))
+class Recording(SimpleSpanProcessor):
+    """Exports to EXPORTER only while a test of this module runs: the provider, once set,
+    stays for the rest of the process (the API sets one only once)."""
+
+    on = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if Recording.on:
+            super().on_end(span)
+
+
+@functools.cache
+def set_up() -> None:
+    """The process's tracer provider, as an application sets it up (once)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(Recording(EXPORTER))
     wait_for(lambda: tracing.tracer() is not None, 5)  # sa_pgtq looks again within a second
 
 
 @pytest.fixture(autouse=True)
 def spans() -> Iterator[InMemorySpanExporter]:
+    set_up()
     EXPORTER.clear()
-    yield EXPORTER
+    Recording.on = True
+    try:
+        yield EXPORTER
+    finally:
+        Recording.on = False
 
 
 def only(name: str) -> ReadableSpan:
