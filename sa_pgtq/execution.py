@@ -309,9 +309,9 @@ class Executor:
                 return runner, call
             self._local.runner = None  # it ended, idle
 
-    def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> str:
+    def record_failure(self, task: Task, exc: BaseException, *, final: bool = False) -> str | None:
         """Queue the task again after a backoff, or keep it as `failed` once out of attempts;
-        which of the two (its state: queued or failed).
+        its state now, queued or failed (None: its lease was lost, it is another's).
 
         A result JSON cannot hold fails for good: it would be the same on every try.
         """
@@ -330,7 +330,7 @@ class Executor:
             exc,
             "giving up" if give_up else f"retrying in {delay:.1f}s",
         )
-        self.backend.run(
+        held = self.backend.run(
             task.caller,
             gateway.retry_task,
             task.id,
@@ -339,6 +339,8 @@ class Executor:
             delay=delay,
             error=describe_error(exc),
         )
+        if not held:
+            return None
         return FAILED if give_up else QUEUED
 
     def acknowledge(self, finished: list[Finished]) -> None:
