@@ -26,6 +26,7 @@ LAYERS = [
     {"worker"},
     {"aio"},
     {"monitor"},
+    {"dashboard"},
     {"demo"},
     {"cli"},
     {"__init__"},
