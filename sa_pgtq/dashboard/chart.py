@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from ..monitor import Bucket
 
-WIDTH = 720
+WIDTH = 1000
 HEIGHT = 160
 #: Room at the left for the scale's labels, and below for the time labels.
 LEFT = 48
