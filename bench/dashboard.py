@@ -33,7 +33,8 @@ TABLE = "bench_dashboard_jobs"
 FILL = f"""
 INSERT INTO {TABLE} (queue, kind, tag, data, state, attempts, created_at, run_at,
                      finished_at, lease_expires_at, locked_by, last_error, result)
-SELECT q.queue, 'task', q.tag, jsonb_build_object('args', jsonb_build_array(n), 'kwargs', '{{}}'),
+SELECT q.queue, 'task', q.tag,
+       jsonb_build_object('args', jsonb_build_array(n), 'kwargs', '{{}}'::jsonb),
        s.state, CASE WHEN s.state = 'queued' THEN 0 ELSE 1 END,
        now() - make_interval(secs => n % 7200 + 60), now() - make_interval(secs => n % 3600),
        CASE WHEN s.state IN ('succeeded', 'failed', 'cancelled')

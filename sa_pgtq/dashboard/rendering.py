@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -111,7 +112,8 @@ class Renderer:
         return response
 
     def error(self, request: Request, status: int, message: str) -> Response:
-        return self.page(request, "error.html", status, code=status, message=message)
+        title = f"{status} {HTTPStatus(status).phrase}"
+        return self.page(request, "error.html", status, title=title, message=message)
 
     def redirect(self, request: Request, path: str, message: str) -> Response:
         """303 to `path` (relative to the mount point), which shows `message` once."""
