@@ -257,6 +257,22 @@ def test_an_action_that_does_not_apply_says_so(
     assert "was not retried: it is succeeded, and only a failed job can be." in page
 
 
+def test_a_retry_that_finds_the_unique_key_taken_says_so(clean: Engine, client: TestClient) -> None:
+    q = sa_pgtq.Queue(clean, name="keyed")
+
+    @q.handler(max_attempts=1)
+    def sync(account: int) -> None:
+        raise RuntimeError("the bank is down")
+
+    failed = sync.options(unique_key="account-1").push(1)
+    sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)
+    sync.options(unique_key="account-1").push(1)  # a new job holds the key now
+    answer = act(client, f"/jobs/{failed}/retry")
+    assert state_of(clean, failed) == "failed"
+    page = client.get(answer.headers["location"]).text
+    assert f"Job {failed} stays failed: another job of its queue holds its unique key." in page
+
+
 @pytest.mark.parametrize("name", ["reports", "a/b c"])
 def test_pause_and_resume_a_queue(jobs: Jobs, client: TestClient, clean: Engine, name: str) -> None:
     segment = name.replace("/", "%2F").replace(" ", "%20")

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..models import QUEUED, RUNNING
+from ..models import FAILED, QUEUED, RUNNING
 from ..monitor import Monitor
 from . import csrf
 from .rendering import Renderer, query
@@ -89,11 +89,11 @@ class Actions:
 def _outcome(action: str, job_id: int, state: str, done: bool) -> str:
     """The flash message: what the action did to a job that was in `state`."""
     if action == "retry":
-        return (
-            f"Job {job_id} queued again."
-            if done
-            else f"Job {job_id} was not retried: it is {state}, and only a failed job can be."
-        )
+        if done:
+            return f"Job {job_id} queued again."
+        if state == FAILED:  # requeue_failed leaves it when its unique key is taken again
+            return f"Job {job_id} stays failed: another job of its queue holds its unique key."
+        return f"Job {job_id} was not retried: it is {state}, and only a failed job can be."
     if action == "cancel":
         return (
             f"Job {job_id} cancelled."
