@@ -47,7 +47,7 @@ def create_app(
     its own, so a form is only good for the process that showed it).
     """
     monitor = Monitor(bind, table_name=table_name)
-    key = secret.encode() if isinstance(secret, str) else secret or secrets.token_bytes(32)
+    key = (secret.encode() if isinstance(secret, str) else secret) or secrets.token_bytes(32)
     renderer = Renderer(secret=key, read_only=read_only, table_name=monitor.table_name)
     pages, actions = Pages(monitor, renderer), Actions(monitor, renderer)
 
