@@ -24,7 +24,7 @@ LAYERS = [
     {"q4pg", "pgtq"},
     {"worker"},
     {"aio"},
-    {"demo"},
+    {"demo", "testing"},
     {"cli"},
     {"__init__"},
 ]
