@@ -297,10 +297,10 @@ def test_async_helpers_in_a_rolled_back_async_session(async_url: str) -> None:
             assert list((await s.execute(select(receipts.c.order_id))).scalars()) == [7]
             assert await assert_enqueued(shop.q, "audit", data={"order": 7}, session=s)
 
-            await shop.send_receipt.options(session=s).push(-1)
+            failing_id = await shop.send_receipt.options(session=s).push(-1)
             with pytest.raises(ValueError, match="no such order"):
                 await drain(shop.q, session=s)
-            failed_job = await shop.q.job(job_id + 2, session=s)
+            failed_job = await shop.q.job(failing_id, session=s)
             assert failed_job is not None and failed_job.attempts == 1
             assert (await s.execute(select(func.count()).select_from(receipts))).scalar() == 1
             await s.close()
@@ -318,5 +318,21 @@ def test_async_helpers_on_an_async_connection(async_url: str) -> None:
             assert shop.plain_calls == [1, 2]
             with pytest.raises(errors.InvalidSessionError):
                 drain(shop.q, session=Session())  # type: ignore[call-overload]
+
+    asyncio.run(main())
+
+
+def test_async_drain_without_a_session_commits_each_task(async_url: str) -> None:
+    async def main() -> None:
+        engine = create_async_engine(async_url)
+        try:
+            shop = AsyncShop(sa_pgtq.AsyncQueue(engine, name="shop"))
+            job_id = await shop.plain.push(3)
+            assert await assert_enqueued(shop.q, "plain", args=[3])
+            assert await drain(shop.q) == 1
+            assert shop.plain_calls == [3]
+            assert await shop.q.job(job_id) is None, "done, and removed"
+        finally:
+            await engine.dispose()
 
     asyncio.run(main())
