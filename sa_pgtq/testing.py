@@ -26,7 +26,7 @@ from typing import Any, TypeVar, overload
 from . import bridge, gateway, validation
 from .aio import AsyncHandler, AsyncQueue
 from .binding import AsyncCaller, Caller, check_caller, sync_caller
-from .errors import InvalidInputError, SaPgtqError, TaskArgumentsError
+from .errors import DrainLimitError, InvalidInputError, TaskArgumentsError
 from .handlers import Handler
 from .models import TASK, JobMixin
 from .queue import Queue
@@ -39,11 +39,6 @@ DRAIN_LIMIT = 1000
 LISTED = 20
 
 AnyHandler = Handler[Any, Any] | AsyncHandler[Any, Any]
-
-
-class DrainLimitError(SaPgtqError, RuntimeError):
-    """`drain` ran its `limit` of tasks and more were still due: most likely a task that
-    pushes itself again, or a chain of tasks that never ends."""
 
 
 # -- assert_enqueued ---------------------------------------------------------------
