@@ -88,12 +88,15 @@ class Inspection:
             select(statements.queues.c.queue),
         ).order_by("queue")
         cap = bindparam("cap", type_=Integer)
+        # Each count walks one partial index, and never its rows: succeeded jobs are
+        # the finished ones (succeeded or cancelled, one index) less the cancelled.
         counted = {
             "queued_tasks": waiting[TASK],
             "queued_messages": waiting[MESSAGE],
-            **{state: c.state == const(state) for state in (RUNNING, FAILED, SUCCEEDED, CANCELLED)},
+            **{state: c.state == const(state) for state in (RUNNING, FAILED, CANCELLED)},
+            "finished": _in_states(c.state, PRUNABLE),
         }
-        #: queue_name, cap -> per state (queued ones by kind) its number of jobs, up to cap;
+        #: queue_name, cap -> per field of `counted` its number of jobs, up to cap;
         #: the earliest run_at of a waiting job; whether paused; now
         self.queue_stats: Select[Any] = select(
             *(
@@ -112,18 +115,23 @@ class Inspection:
             select(statements.is_paused.selected_columns[0]).scalar_subquery().label("paused"),
             func.now().label("now"),
         )
-        #: queue_name, state -> the planner's estimate of the queue's jobs in that state
+        #: queue_name -> the planner's estimate of the queue's jobs in a state (or a field
+        #: of `counted`)
         self.estimates: dict[str, Explain] = {
             name: Explain(select(literal(1)).select_from(table).where(c.queue == queue, where))
-            for name, where in counted.items()
+            for name, where in {**counted, SUCCEEDED: c.state == const(SUCCEEDED)}.items()
         }
         #: job_id -> every column of that job, whichever its queue
         self.job: Select[Any] = select(*statements.every_column).where(c.id == bindparam("job_id"))
+        since = c.finished_at >= bindparam("since")
         finished = [
             select(c.state, c.finished_at).where(
-                c.queue == queue, where, c.finished_at >= bindparam("since")
-            )
-            for where in (_in_states(c.state, PRUNABLE), c.state == const(FAILED))
+                c.queue == queue, _in_states(c.state, PRUNABLE), since
+            ),
+            # A failure's finish time is in its index entry: the rows are never read.
+            select(const(FAILED).label("state"), c.finished_at).where(
+                c.queue == queue, c.state == const(FAILED), since
+            ),
         ]
         done = union_all(*finished).subquery("done")
         width = bindparam("seconds", type_=Integer)

@@ -27,7 +27,7 @@ LAYERS = [
     {"aio"},
     {"monitor"},
     {"dashboard"},
-    {"demo"},
+    {"demo", "testing"},
     {"cli"},
     {"__init__"},
 ]
