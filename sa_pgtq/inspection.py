@@ -123,25 +123,30 @@ class Inspection:
         }
         #: job_id -> every column of that job, whichever its queue
         self.job: Select[Any] = select(*statements.every_column).where(c.id == bindparam("job_id"))
+        # Index entries only: the finished (succeeded or cancelled) less the cancelled are
+        # the succeeded, and each index holds its rows' finish time.
         since = c.finished_at >= bindparam("since")
         finished = [
-            select(c.state, c.finished_at).where(
-                c.queue == queue, _in_states(c.state, PRUNABLE), since
-            ),
-            # A failure's finish time is in its index entry: the rows are never read.
-            select(const(FAILED).label("state"), c.finished_at).where(
-                c.queue == queue, c.state == const(FAILED), since
-            ),
+            select(const(state).label("state"), c.finished_at).where(c.queue == queue, where, since)
+            for state, where in (
+                ("finished", _in_states(c.state, PRUNABLE)),
+                (CANCELLED, c.state == const(CANCELLED)),
+                (FAILED, c.state == const(FAILED)),
+            )
         ]
         done = union_all(*finished).subquery("done")
         width = bindparam("seconds", type_=Integer)
         bucket = func.floor(func.extract("epoch", done.c.finished_at) / width) * width
+
+        def number(state: str) -> Any:
+            return func.count().filter(done.c.state == const(state))
+
         #: queue_name, since, seconds -> per bucket of `seconds` (its start as epoch seconds)
         #: the jobs of the queue that succeeded and that failed since `since`
         self.finished_per_bucket: Select[Any] = select(
             bucket.label("bucket"),
-            func.count().filter(done.c.state == const(SUCCEEDED)).label("succeeded"),
-            func.count().filter(done.c.state == const(FAILED)).label("failed"),
+            (number("finished") - number(CANCELLED)).label("succeeded"),
+            number(FAILED).label("failed"),
         ).group_by(bucket)
 
     def jobs(self, *, queue: bool, state: str | None, tag: bool, before: bool) -> Select[Any]:

@@ -141,6 +141,7 @@ def _table_args(table: str) -> tuple[Any, ...]:
             f"ix_{table}_cancelled",
             "queue",
             "id",
+            postgresql_include=["finished_at"],
             postgresql_where=text(f"state = '{CANCELLED}'"),
         ),
         Index(
