@@ -26,8 +26,8 @@ LAYERS = [
     {"worker"},
     {"aio"},
     {"monitor"},
-    {"metrics"},
-    {"demo"},
+    {"metrics", "dashboard"},
+    {"demo", "testing"},
     {"cli"},
     {"__init__"},
 ]
