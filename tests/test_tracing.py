@@ -23,14 +23,14 @@ from sqlalchemy.orm import Session
 import sa_pgtq
 from sa_pgtq import tracing
 
-otel = pytest.importorskip("opentelemetry.sdk.trace", reason="needs opentelemetry-sdk (dev extra)")
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+pytest.importorskip("opentelemetry.sdk.trace", reason="needs opentelemetry-sdk (dev extra)")
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode
 
 EXPORTER = InMemorySpanExporter()
 
