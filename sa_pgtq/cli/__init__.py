@@ -85,7 +85,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "demo":
         demo.run(args.url)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
