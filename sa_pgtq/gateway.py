@@ -20,6 +20,7 @@ from sqlalchemy.engine import RowMapping
 
 from . import schema, validation
 from .errors import DataTooDeepError
+from .inspection import inspection_of
 from .models import FAILED, QUEUED, TASK, JobMixin
 from .statements import Order, Statements
 from .tasks import Finished
@@ -499,6 +500,62 @@ def backend_pid(conn: Connection) -> int:
 
 def _notify(conn: Connection, table: Statements, queue_name: str, kind: str, tag: str) -> None:
     conn.execute(table.notify, {"queue_name": queue_name, "kind": kind, "tag": tag})
+
+
+# -- operators' read side (see `inspection`) ----------------------------------------
+
+
+def queue_names(conn: Connection, table: Statements) -> list[str]:
+    """Every queue of the table with a job, in any state, or a pause record."""
+    return list(conn.execute(inspection_of(table).queue_names).scalars())
+
+
+def queue_stats(conn: Connection, table: Statements, queue_name: str, cap: int) -> RowMapping:
+    """One queue's jobs per state, each counted up to `cap`; the earliest `run_at` of its
+    waiting jobs; whether it is paused; the server's `now`."""
+    statement = inspection_of(table).queue_stats
+    return conn.execute(statement, {"queue_name": queue_name, "cap": cap}).mappings().one()
+
+
+def estimated_count(conn: Connection, table: Statements, queue_name: str, counted: str) -> int:
+    """The planner's estimate of a queue's jobs in a state (a `queue_stats` field name)."""
+    statement = inspection_of(table).estimates[counted]
+    plan = conn.execute(statement, {"queue_name": queue_name}).scalar_one()
+    if isinstance(plan, str):  # psycopg2 returns EXPLAIN's JSON as text
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def find_job(conn: Connection, table: Statements, job_id: int) -> JobMixin | None:
+    """The job with this id, whichever its queue; None if there is none."""
+    jobs = _jobs(table, conn.execute(inspection_of(table).job, {"job_id": job_id}).mappings())
+    return jobs[0] if jobs else None
+
+
+def browse_jobs(
+    conn: Connection,
+    table: Statements,
+    queue_name: str | None,
+    state: str | None,
+    tag: str | None,
+    before: int | None,
+    limit: int,
+) -> list[JobMixin]:
+    """Jobs matching the filters given (None: any), newest first, older than `before`."""
+    statement = inspection_of(table).jobs(
+        queue=queue_name is not None, state=state, tag=tag is not None, before=before is not None
+    )
+    params = {"queue_name": queue_name, "tag": tag, "before": before, "limit": limit}
+    return _jobs(table, conn.execute(statement, params).mappings())
+
+
+def finished_per_bucket(
+    conn: Connection, table: Statements, queue_name: str, since: datetime, seconds: int
+) -> list[tuple[float, int, int]]:
+    """(bucket start as epoch seconds, succeeded, failed) of a queue's jobs since `since`."""
+    params = {"queue_name": queue_name, "since": since, "seconds": seconds}
+    rows = conn.execute(inspection_of(table).finished_per_bucket, params)
+    return [(float(start), int(ok), int(failed)) for start, ok, failed in rows]
 
 
 def _jobs(table: Statements, rows: Iterable[RowMapping]) -> list[JobMixin]:
