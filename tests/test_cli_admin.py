@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import async_url_for
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from test_schema import new_database, snapshot
@@ -21,6 +22,7 @@ import sa_pgtq
 from sa_pgtq import schema
 from sa_pgtq.cli.output import JOB_FIELDS
 from sa_pgtq.models import job_model
+from sa_pgtq.monitor import COUNT_CAP
 
 __all__ = ["new_database"]  # a fixture of test_schema, used here too
 
@@ -70,8 +72,14 @@ def myapp(db_url: str, tmp_path: Path) -> dict[str, str]:
         "import os, sa_pgtq\n"
         f"q = sa_pgtq.Queue(os.environ['MYAPP_URL'], name='mine', table_name={TABLE!r}, "
         "retention=3600)\n"
+        "aq = sa_pgtq.AsyncQueue(os.environ['MYAPP_ASYNC_URL'], name='theirs', "
+        f"table_name={TABLE!r})\n"
     )
-    return {"MYAPP_URL": db_url, "DATABASE_URL": ""}
+    return {
+        "MYAPP_URL": db_url,
+        "MYAPP_ASYNC_URL": async_url_for(db_url, "asyncpg"),
+        "DATABASE_URL": "",
+    }
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -156,8 +164,22 @@ def test_stats_counts_each_queue_by_state(engine: Engine, sa_pgtq_cli: Run) -> N
     ]
     assert lines[3].endswith("paused") and not lines[1].endswith("paused")
     # Counts are right-aligned under their headers.
-    assert len({line.index("QUEUED") + len("QUEUED") for line in lines[:1]}) == 1
-    assert {len(line.split("  QUEUED")[0]) for line in lines[:1]} == {len("QUEUE  ")}
+    for header, counts in (("QUEUED", "200"), ("FAILED", "010")):
+        end = lines[0].index(header) + len(header)
+        assert [line[end - 1] for line in lines[1:]] == list(counts)
+        assert all(line[end] == " " for line in lines[1:])
+
+
+def test_stats_marks_estimated_counts(engine: Engine, sa_pgtq_cli: Run) -> None:
+    """Above the exact-count cap, a count is the planner's estimate: marked, and said so."""
+    queue(engine).enqueue_many("t", range(COUNT_CAP + 1))
+    with engine.begin() as conn:
+        conn.execute(text(f"ANALYZE {TABLE}"))
+    (stats,) = as_json(sa_pgtq_cli("stats", "--table", TABLE, "--json"))["queues"]
+    assert stats["estimated"] == ["queued"]
+    assert stats["counts"]["queued"] > COUNT_CAP
+    row = ok(sa_pgtq_cli("stats", "--table", TABLE)).splitlines()[1].split()
+    assert row[:3] == ["default", f"≈{stats['counts']['queued']:,}", "0"]
 
 
 def test_stats_of_an_empty_table(engine: Engine, sa_pgtq_cli: Run) -> None:
@@ -318,7 +340,7 @@ def test_the_applications_queue_names_database_and_table(
     engine: Engine, sa_pgtq_cli: Run, myapp: dict[str, str], db_url: str
 ) -> None:
     mine = queue(engine, "mine").enqueue("t", 1)
-    queue(engine, "theirs").enqueue("t", 2)
+    theirs = queue(engine, "theirs").enqueue("t", 2)
     env = myapp
 
     stats = as_json(sa_pgtq_cli("stats", "--queue", "myapp:q", "--json", env=env))
@@ -326,6 +348,8 @@ def test_the_applications_queue_names_database_and_table(
     assert [q["name"] for q in stats["queues"]] == ["mine", "theirs"]
     listed = as_json(sa_pgtq_cli("jobs", "list", "--queue", "myapp:q", "--json", env=env))
     assert [job["id"] for job in listed["jobs"]] == [mine], "its own queue's jobs"
+    listed = as_json(sa_pgtq_cli("jobs", "list", "--queue", "myapp:aq", "--json", env=env))
+    assert [job["id"] for job in listed["jobs"]] == [theirs], "an AsyncQueue too"
     assert ok(sa_pgtq_cli("pause", "mine", "--queue", "myapp:q", env=env)) == "mine: paused\n"
     assert queue(engine, "mine").is_paused()
 
