@@ -119,6 +119,11 @@ class TaskAbortedError(SaPgtqError):
     """A task's abort was requested while it ran; it ends as `cancelled`, never retried."""
 
 
+class DrainLimitError(SaPgtqError, RuntimeError):
+    """`drain` ran its `limit` of tasks and more were still due: most likely a task that
+    pushes itself again, or a chain of tasks that never ends."""
+
+
 def describe_error(exc: BaseException, limit: int = 20_000) -> str:
     """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row.
 

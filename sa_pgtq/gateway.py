@@ -412,6 +412,11 @@ def get_job(conn: Connection, table: Statements, queue_name: str, job_id: int) -
     return jobs[0] if jobs else None
 
 
+def list_queued(conn: Connection, table: Statements, queue_name: str) -> list[JobMixin]:
+    """The queue's queued jobs, tasks and messages, due or scheduled, in dequeue order."""
+    return _jobs(table, conn.execute(table.list_queued, {"queue_name": queue_name}).mappings())
+
+
 def prune_finished(
     conn: Connection, table: Statements, queue_name: str, retention: timedelta, limit: int
 ) -> int:

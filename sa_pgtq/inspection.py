@@ -88,12 +88,15 @@ class Inspection:
             select(statements.queues.c.queue),
         ).order_by("queue")
         cap = bindparam("cap", type_=Integer)
+        # Each count walks one partial index, and never its rows: succeeded jobs are
+        # the finished ones (succeeded or cancelled, one index) less the cancelled.
         counted = {
             "queued_tasks": waiting[TASK],
             "queued_messages": waiting[MESSAGE],
-            **{state: c.state == const(state) for state in (RUNNING, FAILED, SUCCEEDED, CANCELLED)},
+            **{state: c.state == const(state) for state in (RUNNING, FAILED, CANCELLED)},
+            "finished": _in_states(c.state, PRUNABLE),
         }
-        #: queue_name, cap -> per state (queued ones by kind) its number of jobs, up to cap;
+        #: queue_name, cap -> per field of `counted` its number of jobs, up to cap;
         #: the earliest run_at of a waiting job; whether paused; now
         self.queue_stats: Select[Any] = select(
             *(
@@ -112,28 +115,38 @@ class Inspection:
             select(statements.is_paused.selected_columns[0]).scalar_subquery().label("paused"),
             func.now().label("now"),
         )
-        #: queue_name, state -> the planner's estimate of the queue's jobs in that state
+        #: queue_name -> the planner's estimate of the queue's jobs in a state (or a field
+        #: of `counted`)
         self.estimates: dict[str, Explain] = {
             name: Explain(select(literal(1)).select_from(table).where(c.queue == queue, where))
-            for name, where in counted.items()
+            for name, where in {**counted, SUCCEEDED: c.state == const(SUCCEEDED)}.items()
         }
         #: job_id -> every column of that job, whichever its queue
         self.job: Select[Any] = select(*statements.every_column).where(c.id == bindparam("job_id"))
+        # Index entries only: the finished (succeeded or cancelled) less the cancelled are
+        # the succeeded, and each index holds its rows' finish time.
+        since = c.finished_at >= bindparam("since")
         finished = [
-            select(c.state, c.finished_at).where(
-                c.queue == queue, where, c.finished_at >= bindparam("since")
+            select(const(state).label("state"), c.finished_at).where(c.queue == queue, where, since)
+            for state, where in (
+                ("finished", _in_states(c.state, PRUNABLE)),
+                (CANCELLED, c.state == const(CANCELLED)),
+                (FAILED, c.state == const(FAILED)),
             )
-            for where in (_in_states(c.state, PRUNABLE), c.state == const(FAILED))
         ]
         done = union_all(*finished).subquery("done")
         width = bindparam("seconds", type_=Integer)
         bucket = func.floor(func.extract("epoch", done.c.finished_at) / width) * width
+
+        def number(state: str) -> Any:
+            return func.count().filter(done.c.state == const(state))
+
         #: queue_name, since, seconds -> per bucket of `seconds` (its start as epoch seconds)
         #: the jobs of the queue that succeeded and that failed since `since`
         self.finished_per_bucket: Select[Any] = select(
             bucket.label("bucket"),
-            func.count().filter(done.c.state == const(SUCCEEDED)).label("succeeded"),
-            func.count().filter(done.c.state == const(FAILED)).label("failed"),
+            (number("finished") - number(CANCELLED)).label("succeeded"),
+            number(FAILED).label("failed"),
         ).group_by(bucket)
 
     def jobs(self, *, queue: bool, state: str | None, tag: bool, before: bool) -> Select[Any]:

@@ -134,7 +134,15 @@ def _table_args(table: str) -> tuple[Any, ...]:
             f"ix_{table}_failed",
             "queue",
             "id",
+            postgresql_include=["finished_at"],
             postgresql_where=text(f"state = '{FAILED}'"),
+        ),
+        Index(
+            f"ix_{table}_cancelled",
+            "queue",
+            "id",
+            postgresql_include=["finished_at"],
+            postgresql_where=text(f"state = '{CANCELLED}'"),
         ),
         Index(
             f"ux_{table}_holders",

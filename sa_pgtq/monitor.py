@@ -43,12 +43,8 @@ from .statements import statements_for
 COUNT_CAP = 10_000
 #: The most jobs one listing returns.
 MAX_LIMIT = 1000
-
-# `queue_stats` fields per state (queued jobs are counted per kind, one index each).
-_COUNTED = {
-    QUEUED: ("queued_tasks", "queued_messages"),
-    **{state: (state,) for state in (RUNNING, FAILED, SUCCEEDED, CANCELLED)},
-}
+# Waiting jobs are counted per kind: each kind has its own index.
+_QUEUED = ("queued_tasks", "queued_messages")
 
 
 @dataclass(frozen=True)
@@ -235,21 +231,29 @@ class Monitor:
     # -- helpers --------------------------------------------------------------
 
     def _stats(self, conn: Any, name: str) -> QueueStats:
-        table = self.backend.statements
-        row = gateway.queue_stats(conn, table, name, COUNT_CAP + 1)
-        counts = {}
-        for state, fields in _COUNTED.items():
-            parts = [self._count(conn, name, field, row[field]) for field in fields]
-            counts[state] = Count(sum(p.value for p in parts), any(p.estimated for p in parts))
+        row = gateway.queue_stats(conn, self.backend.statements, name, COUNT_CAP + 1)
+        counts = {
+            state: self._count(conn, name, state, row[state])
+            for state in (RUNNING, FAILED, CANCELLED)
+        }
+        tasks, messages = (self._count(conn, name, f, row[f]) for f in _QUEUED)
+        counts[QUEUED] = Count(tasks.value + messages.value, tasks.estimated or messages.estimated)
+        finished = self._count(conn, name, "finished", row["finished"])
+        counts[SUCCEEDED] = (
+            self._count(conn, name, SUCCEEDED, COUNT_CAP + 1)
+            if finished.estimated
+            else Count(finished.value - counts[CANCELLED].value)
+        )
         earliest, now = row["earliest"], row["now"]
         waited = None if earliest is None or earliest > now else now - earliest
-        return QueueStats(name, counts, waited, bool(row["paused"]))
+        return QueueStats(name, {state: counts[state] for state in STATES}, waited, row["paused"])
 
     def _count(self, conn: Any, queue: str, field: str, counted: int) -> Count:
+        """`counted` (a count stopped at the cap), else the planner's estimate of `field`."""
         if counted <= COUNT_CAP:
             return Count(counted)
         estimate = gateway.estimated_count(conn, self.backend.statements, queue, field)
-        return Count(max(estimate, counted), estimated=True)
+        return Count(max(estimate, COUNT_CAP + 1), estimated=True)
 
     def _queue_of(self, job_id: int, session: Caller | None) -> Queue | None:
         job = self.job(job_id, session)

@@ -263,19 +263,30 @@ def _v4_down(op: Operations, table: str) -> None:
 def _v5_up(op: Operations, table: str) -> None:
     # Operating and observing. `meta` carries what travels with a job besides its data
     # (the producer's trace context); nullable without a default, so adding it rewrites
-    # nothing. Failed rows had no index: listing, counting and finding the queues of
-    # failed jobs scanned the table, and an operator's tools do all three.
+    # nothing. Failed and cancelled rows had no index of their own: an operator's tools
+    # list and count them per queue, and find the queues that hold them. Their finish
+    # time is in their index entries, so that throughput is counted from index entries
+    # alone (succeeded: the finished ones less the cancelled).
     op.add_column(table, sa.Column("meta", JSONB, nullable=True))
     op.create_index(
         f"ix_{table}_failed",
         table,
         ["queue", "id"],
+        postgresql_include=["finished_at"],
         postgresql_where=sa.text(f"state = '{FAILED}'"),
+    )
+    op.create_index(
+        f"ix_{table}_cancelled",
+        table,
+        ["queue", "id"],
+        postgresql_include=["finished_at"],
+        postgresql_where=sa.text(f"state = '{V4_STATES[4]}'"),
     )
     op.create_table_comment(table, schema_comment(5))
 
 
 def _v5_down(op: Operations, table: str) -> None:
+    op.drop_index(f"ix_{table}_cancelled", table_name=table)
     op.drop_index(f"ix_{table}_failed", table_name=table)
     op.drop_column(table, "meta")
     op.create_table_comment(table, schema_comment(4))

@@ -756,6 +756,13 @@ class Statements:
         self.get_job: Select[Any] = select(*self.every_column).where(
             c.id == bindparam("job_id"), c.queue == queue
         )
+        #: queue_name -> its queued jobs, tasks and messages, due or scheduled (every column),
+        #: in dequeue order: what an application's tests match against (`sa_pgtq.testing`)
+        self.list_queued: Select[Any] = (
+            select(*self.every_column)
+            .where(c.queue == queue, c.state == const(QUEUED))
+            .order_by(*self.dequeue_order)
+        )
         # Oldest first, a batch at a time, skipping rows someone holds: each statement
         # locks at most `limit` rows for a moment, never the table.
         prunable = (

@@ -26,7 +26,8 @@ LAYERS = [
     {"worker"},
     {"aio"},
     {"monitor"},
-    {"demo"},
+    {"dashboard"},
+    {"demo", "testing"},
     {"cli"},
     {"__init__"},
 ]

@@ -241,7 +241,7 @@ def test_a_custom_table_name_migrates_and_works(new_database: Callable[[], str])
     q.enqueue("t", "in app_jobs")
     assert next(iter(q.listen("t", timeout=2))) == "in app_jobs"
     with create_engine(url).connect() as conn:
-        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 9
+        assert [k for k, _ in snapshot(conn, "app_jobs")].count("index") == 10
 
 
 def test_host_autogenerate_ignores_the_queue_table(new_database: Callable[[], str]) -> None:
