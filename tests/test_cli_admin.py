@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import async_url_for
+from helpers import async_url_for, wait_for
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from test_schema import new_database, snapshot
@@ -404,7 +408,7 @@ def test_a_database_that_fails_is_one_line_too(engine: Engine, sa_pgtq_cli: Run)
 
 def test_help_documents_the_exit_statuses(sa_pgtq_cli: Run) -> None:
     shown = ok(sa_pgtq_cli("--help"))
-    for command in ("worker", "demo", "stats", "jobs", "pause", "resume", "sql"):
+    for command in ("worker", "demo", "stats", "jobs", "pause", "resume", "sql", "dashboard"):
         assert f"    {command}" in shown
     assert "  1  a job id not found, or an action that did not apply" in shown
     assert "  3  the database failed" in shown
@@ -474,3 +478,58 @@ def test_sql_upgrades_a_table_from_its_version(
     assert sa_pgtq.Queue(created).create_table()
     with create_engine(old).connect() as o, create_engine(created).connect() as c:
         assert snapshot(o) == snapshot(c)
+
+
+# -- dashboard ------------------------------------------------------------------------
+
+
+def test_dashboard_serves_until_stopped(engine: Engine, db_url: str, tmp_path: Path) -> None:
+    queue(engine, "emails").enqueue("t", 1)
+    log = tmp_path / "dashboard.log"
+    command = [sys.executable, "-m", "sa_pgtq.cli", "dashboard", "--url", db_url]
+    command += ["--table", TABLE, "--port", "0", "--read-only"]  # port 0: uvicorn picks one
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        address: list[str] = []
+
+        def listening() -> bool:
+            assert server.poll() is None, log.read_text()
+            address[:] = re.findall(r"running on (http://\S+)", log.read_text())
+            return bool(address)
+
+        wait_for(listening, 30)
+        with urllib.request.urlopen(address[0] + "/", timeout=10) as page:
+            assert page.status == 200 and "emails" in page.read().decode()
+        pause = urllib.request.Request(address[0] + "/queues/emails/pause", b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(pause, timeout=10)
+        assert refused.value.code == 403, "read-only"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # uvicorn shuts down cleanly, then ends by the signal it caught (recent versions).
+    assert server.returncode in (0, -signal.SIGTERM), log.read_text()
+    assert "Application shutdown complete" in log.read_text()
+    assert not queue(engine, "emails").is_paused()
+
+
+def test_dashboard_checks_the_database_before_serving(sa_pgtq_cli: Run) -> None:
+    said = one_line_error(sa_pgtq_cli("dashboard", "--table", "no_such_jobs"), DATABASE)
+    assert '"no_such_jobs" does not exist' in said
+
+
+def test_dashboard_without_its_extra_says_what_to_install(db_url: str) -> None:
+    uvicorn_missing = (
+        "import sys; sys.modules['uvicorn'] = None; from sa_pgtq.cli import main; "
+        "sys.exit(main(['dashboard']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", uvicorn_missing],
+        env={**os.environ, "DATABASE_URL": db_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = one_line_error(result, USAGE)
+    assert said == 'sa-pgtq: the dashboard needs uvicorn: pip install "sa_pgtq[dashboard]"\n'

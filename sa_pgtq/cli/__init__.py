@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from .. import demo
 from ..aio import AsyncQueue, AsyncWorker
 from ..worker import Worker
-from . import exits, jobs, queues, sql, stats
+from . import dashboard, exits, jobs, queues, sql, stats
 from .target import load_queue
 
 
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATABASE_URL"),
         help="database URL (default: $DATABASE_URL, else an embedded throwaway PostgreSQL)",
     )
-    for group in (stats, jobs, queues, sql):
+    for group in (stats, jobs, queues, sql, dashboard):
         group.add_commands(commands)
     return parser
 
