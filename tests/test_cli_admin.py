@@ -384,6 +384,7 @@ def test_the_applications_queue_names_database_and_table(
         (("stats", "--queue", "json:dumps"), "json:dumps is a function, not a sa_pgtq.Queue"),
         (("stats", "--queue", "json"), "expected module:attribute, got 'json'"),
         (("stats", "--table", "x" * 60), "table_name must be at most 51 bytes long"),
+        (("dashboard", "--port", "70000"), "argument --port: not a TCP port: '70000'"),
         (("sql", "--from-version", "9"), "argument --from-version: invalid choice: 9"),
         (("sql", "--table", ""), "table_name must not be empty"),
     ],

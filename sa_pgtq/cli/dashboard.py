@@ -9,6 +9,12 @@ from . import target
 from .exits import HELP_ENDING, OK, USAGE, say
 
 
+def port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return int(text)
+
+
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     dashboard = commands.add_parser(
         "dashboard",
@@ -18,7 +24,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         description="Serve the web dashboard of a queue table until interrupted.",
     )
     dashboard.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
-    dashboard.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    dashboard.add_argument("--port", type=port, default=8000, help="port (default %(default)s)")
     dashboard.add_argument(
         "--read-only", action="store_true", help="no retry, cancel, abort, pause or resume"
     )
