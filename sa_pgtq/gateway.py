@@ -21,7 +21,7 @@ from sqlalchemy.engine import RowMapping
 from . import schema, validation
 from .errors import DataTooDeepError
 from .inspection import inspection_of
-from .models import FAILED, QUEUED, TASK, JobMixin
+from .models import CANCELLED, FAILED, QUEUED, TASK, JobMixin
 from .statements import Order, Statements
 from .tasks import Finished
 from .validation import EncodedArray
@@ -556,11 +556,16 @@ def browse_jobs(
 
 def finished_per_bucket(
     conn: Connection, table: Statements, queue_name: str, since: datetime, seconds: int
-) -> list[tuple[float, int, int]]:
-    """(bucket start as epoch seconds, succeeded, failed) of a queue's jobs since `since`."""
+) -> dict[float, tuple[int, int]]:
+    """Bucket start (epoch seconds) -> (succeeded, failed) of a queue's jobs since `since`."""
     params = {"queue_name": queue_name, "since": since, "seconds": seconds}
-    rows = conn.execute(inspection_of(table).finished_per_bucket, params)
-    return [(float(start), int(ok), int(failed)) for start, ok, failed in rows]
+    counted: dict[float, dict[str, int]] = {}
+    for what, start, jobs in conn.execute(inspection_of(table).finished_per_bucket, params):
+        counted.setdefault(float(start), {})[what] = int(jobs)
+    return {
+        start: (n.get("finished", 0) - n.get(CANCELLED, 0), n.get(FAILED, 0))
+        for start, n in counted.items()
+    }
 
 
 def _jobs(table: Statements, rows: Iterable[RowMapping]) -> list[JobMixin]:

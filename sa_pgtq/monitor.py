@@ -180,9 +180,8 @@ class Monitor:
         with self.backend.connection(session, atomic=True) as conn:
             table = self.backend.statements
             for name in gateway.queue_names(conn, table):
-                for bucket, succeeded, failed in gateway.finished_per_bucket(
-                    conn, table, name, since, width
-                ):
+                per_bucket = gateway.finished_per_bucket(conn, table, name, since, width)
+                for bucket, (succeeded, failed) in per_bucket.items():
                     total = totals.get(int(bucket))
                     if total is not None:
                         total[0] += succeeded

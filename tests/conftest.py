@@ -178,3 +178,24 @@ def bouncer_tables(db_url: str) -> Iterator[Engine]:
         conn.execute(text("TRUNCATE bouncer_orders"))
     yield engine
     engine.dispose()
+
+
+# CI installs every tool the suite drives (pgbouncer, chromium, the extras): there a
+# skip means a test that silently did not run, so `SA_PGTQ_REQUIRE_TOOLS=1` fails the run.
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("SA_PGTQ_REQUIRE_TOOLS") and _skipped:
+        print(f"\nSA_PGTQ_REQUIRE_TOOLS is set, yet these were skipped: {', '.join(_skipped)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
