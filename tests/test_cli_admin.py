@@ -25,7 +25,7 @@ from test_schema import new_database, snapshot
 import sa_pgtq
 from sa_pgtq import schema
 from sa_pgtq.cli.output import JOB_FIELDS
-from sa_pgtq.models import job_model
+from sa_pgtq.models import MAX_TABLE_NAME_BYTES, job_model
 from sa_pgtq.monitor import COUNT_CAP
 
 __all__ = ["new_database"]  # a fixture of test_schema, used here too
@@ -383,7 +383,10 @@ def test_the_applications_queue_names_database_and_table(
         (("stats", "--queue", "nosuchmodule:q"), "cannot load nosuchmodule:q: No module named"),
         (("stats", "--queue", "json:dumps"), "json:dumps is a function, not a sa_pgtq.Queue"),
         (("stats", "--queue", "json"), "expected module:attribute, got 'json'"),
-        (("stats", "--table", "x" * 60), "table_name must be at most 51 bytes long"),
+        (
+            ("stats", "--table", "x" * (MAX_TABLE_NAME_BYTES + 1)),
+            f"table_name must be at most {MAX_TABLE_NAME_BYTES} bytes long",
+        ),
         (("dashboard", "--port", "70000"), "argument --port: not a TCP port: '70000'"),
         (("sql", "--from-version", "9"), "argument --from-version: invalid choice: 9"),
         (("sql", "--table", ""), "table_name must not be empty"),
