@@ -138,7 +138,7 @@ def _table_args(table: str) -> tuple[Any, ...]:
             postgresql_where=text(f"state = '{FAILED}'"),
         ),
         Index(
-            f"ix_{table}_cancelled",
+            f"ix_{table}_cancel",
             "queue",
             "id",
             postgresql_include=["finished_at"],

@@ -276,7 +276,7 @@ def _v5_up(op: Operations, table: str) -> None:
         postgresql_where=sa.text(f"state = '{FAILED}'"),
     )
     op.create_index(
-        f"ix_{table}_cancelled",
+        f"ix_{table}_cancel",
         table,
         ["queue", "id"],
         postgresql_include=["finished_at"],
@@ -286,7 +286,7 @@ def _v5_up(op: Operations, table: str) -> None:
 
 
 def _v5_down(op: Operations, table: str) -> None:
-    op.drop_index(f"ix_{table}_cancelled", table_name=table)
+    op.drop_index(f"ix_{table}_cancel", table_name=table)
     op.drop_index(f"ix_{table}_failed", table_name=table)
     op.drop_column(table, "meta")
     op.create_table_comment(table, schema_comment(4))

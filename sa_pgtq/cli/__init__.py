@@ -1,24 +1,28 @@
-"""The `sa-pgtq` command: `sa-pgtq worker module:queue` and `sa-pgtq demo`."""
+"""The `sa-pgtq` command: run workers and the demo; look at and act on queues and jobs."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
-from . import demo
-from .aio import AsyncQueue, AsyncWorker
-from .queue import Queue
-from .worker import Worker
+from .. import demo
+from ..aio import AsyncQueue, AsyncWorker
+from ..worker import Worker
+from . import dashboard, exits, jobs, queues, sql, stats
+from .target import load_queue
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sa-pgtq", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = exits.Parser(
+        prog="sa-pgtq",
+        description=__doc__,
+        epilog=exits.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run a queue's tasks until SIGTERM/SIGINT")
     worker.add_argument(
@@ -53,24 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATABASE_URL"),
         help="database URL (default: $DATABASE_URL, else an embedded throwaway PostgreSQL)",
     )
+    for group in (stats, jobs, queues, sql, dashboard):
+        group.add_commands(commands)
     return parser
-
-
-def load_queue(path: str) -> Queue | AsyncQueue:
-    """Import `module:attribute` (the current directory is importable, as with `python -m`)."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise SystemExit(f"sa-pgtq: expected module:attribute, got {path!r}")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    target: object = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    if not isinstance(target, (Queue, AsyncQueue)):
-        raise SystemExit(
-            f"sa-pgtq: {path} is a {type(target).__name__}, not a sa_pgtq.Queue or AsyncQueue"
-        )
-    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,11 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         queue = load_queue(args.queue)
         if args.metrics_port is not None:
             try:
-                from . import metrics
+                from .. import metrics
 
                 metrics.serve(queue, args.metrics_port)
-            except (ImportError, OSError, OverflowError) as exc:
-                raise SystemExit(f"sa-pgtq: --metrics-port: {exc}") from None
+            except (ImportError, OSError, OverflowError) as exc:  # no extra, a port in use
+                exits.usage(f"--metrics-port: {exc}")
         options = {
             "concurrency": args.concurrency,
             "batch_size": args.batch_size,
@@ -97,8 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             Worker(queue, **options).run(burst=args.burst)
     elif args.command == "demo":
         demo.run(args.url)
+    else:
+        return exits.guarded(args.run, args)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
