@@ -259,6 +259,21 @@ class Monitor:
         return None if job is None else self.queue(job.queue)
 
 
+def age(elapsed: timedelta, sep: str = "") -> str:
+    """`3m12s`, `2h05m`, `4d03h`: two units at most, as people read a wait (`sep` between)."""
+    seconds = max(0, int(elapsed.total_seconds()))
+    minutes, secs = divmod(seconds, 60)
+    hours, mins = divmod(minutes, 60)
+    days, hrs = divmod(hours, 24)
+    if days:
+        return f"{days}d{sep}{hrs:02d}h"
+    if hours:
+        return f"{hours}h{sep}{mins:02d}m"
+    if minutes:
+        return f"{minutes}m{sep}{secs:02d}s"
+    return f"{secs}s"
+
+
 def _sync_engine(engine: AsyncEngine) -> Engine:
     """A sync engine on an async engine's database (asyncpg's URL gets psycopg2)."""
     url: URL = engine.url

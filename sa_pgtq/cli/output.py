@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .. import monitor
 from ..models import JobMixin
 
 #: A job's fields as `--json` gives them, in this order (timestamps as ISO 8601).
@@ -34,20 +35,7 @@ JOB_FIELDS = (
 
 
 def age(elapsed: timedelta | None) -> str:
-    """`3m12s`, `2h05m`, `4d03h`: two units at most, as people read a wait."""
-    if elapsed is None:
-        return "-"
-    seconds = max(0, int(elapsed.total_seconds()))
-    minutes, secs = divmod(seconds, 60)
-    hours, mins = divmod(minutes, 60)
-    days, hrs = divmod(hours, 24)
-    if days:
-        return f"{days}d{hrs:02d}h"
-    if hours:
-        return f"{hours}h{mins:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+    return "-" if elapsed is None else monitor.age(elapsed)
 
 
 def relative(moment: datetime) -> str:

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ..monitor import age
 from . import csrf
 
 #: What a page shows for a time or age that is not there.
@@ -34,18 +35,8 @@ def _cookie_path(request: Request) -> str:
     return root(request) or "/"
 
 
-def _age(age: timedelta | None) -> str:
-    if age is None:
-        return _NOTHING
-    seconds = max(int(age.total_seconds()), 0)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+def _age(elapsed: timedelta | None) -> str:
+    return _NOTHING if elapsed is None else age(elapsed, sep=" ")
 
 
 def _when(moment: datetime | None) -> str:
