@@ -195,7 +195,10 @@ class Executor:
             outcome = tracing.consume(traced, self.backend.queue_name, task, lambda: run(*args))
         seconds = time.perf_counter() - started
         for observe in self.observers:
-            observe(task, outcome, seconds)
+            try:
+                observe(task, outcome, seconds)
+            except Exception:  # the run is recorded: a broken metric must not redo it
+                log.exception("a run observer failed on task %s (%s)", task.id, task.name)
         return outcome
 
     def _attempt(

@@ -16,6 +16,7 @@ second until there is one (the API lets it be set only once).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 #: Seconds between looks for a tracer provider while there is none.
 RECHECK = 1.0
@@ -107,18 +109,27 @@ def consume(traced: Tracer, queue_name: str, task: Task, run: Callable[[], Outco
         "sa_pgtq.tag": task.name,
         "sa_pgtq.attempt": task.attempts,
     }
-    with traced.start_as_current_span(
-        f"run {task.name}",
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-        links=[Link(producer)] if producer is not None else None,
-    ) as span:
-        outcome = run()
-        if outcome.error is not None:
-            span.record_exception(outcome.error)
-            span.set_attribute("error.type", type(outcome.error).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
-        return outcome
+    outcome: Outcome | None = None
+    started = False
+    try:
+        with traced.start_as_current_span(
+            f"run {task.name}",
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=[Link(producer)] if producer is not None else None,
+        ) as span:
+            started = True
+            outcome = run()
+            if outcome.error is not None:
+                span.record_exception(outcome.error)
+                span.set_attribute("error.type", type(outcome.error).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
+    except Exception:
+        if started and outcome is None:
+            raise  # the run's own
+        # The tracer's: the span is lost, never the run (recorded, or not yet started).
+        log.exception("tracing the run of task %s (%s) failed", task.id, task.name)
+    return run() if outcome is None else outcome
 
 
 def _producer_context(meta: str | None) -> Any:
@@ -127,11 +138,13 @@ def _producer_context(meta: str | None) -> Any:
         return None
     from opentelemetry import propagate, trace
 
+    # Whatever is in meta (plain SQL may write anything there) costs the run its link
+    # at most: a propagator meeting what it did not expect may raise anything.
     try:
         carrier = json.loads(meta).get(META_KEY)
-    except (ValueError, RecursionError, AttributeError):  # written by plain SQL, maybe
+        if not isinstance(carrier, dict):
+            return None
+        context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    except Exception:
         return None
-    if not isinstance(carrier, dict):
-        return None
-    context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
     return context if context.is_valid else None

@@ -218,3 +218,20 @@ def test_an_unreachable_table_leaves_the_scrape_working(db_url: str) -> None:
     assert registry.get_sample_value("sa_pgtq_queue_depth", {"queue": "default"}) is None
     assert registry.get_sample_value("sa_pgtq_jobs_run_total", {}) is None
     engine.dispose()
+
+
+def test_an_observer_that_raises_never_costs_a_run(q: sa_pgtq.Queue) -> None:
+    runs: list[int] = []
+
+    @q.handler()
+    def once(n: int) -> None:
+        runs.append(n)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a metric broke")
+
+    q.executor.observers.append(broken)
+    job_ids = [once.push(n) for n in range(3)]
+    sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)
+    assert sorted(runs) == [0, 1, 2], "each ran once, none again after the observer's error"
+    assert all(q.job(job_id) is None for job_id in job_ids)

@@ -293,14 +293,56 @@ def test_without_opentelemetry_set_up_jobs_carry_no_trace(
     assert done.stdout.split() == [imported]
 
 
-def test_meta_that_is_no_trace_context_is_no_link(q: sa_pgtq.Queue, clean: Engine) -> None:
-    @q.handler()
-    def odd() -> None: ...
+@pytest.mark.parametrize(
+    "meta", ["[1, 2]", '{"trace": {"traceparent": 5}}', '{"trace": {"traceparent": "00-zz"}}']
+)
+def test_meta_that_is_no_trace_context_is_no_link(
+    q: sa_pgtq.Queue, clean: Engine, meta: str
+) -> None:
+    runs: list[int] = []
+
+    @q.handler(max_attempts=1)
+    def odd() -> None:
+        runs.append(1)
 
     job_id = odd.push()
     engine = create_engine(clean.url)
     with engine.begin() as conn:  # written by someone else's plain SQL
-        conn.execute(text("UPDATE sa_pgtq_jobs SET meta = '[1, 2]' WHERE id = :id"), {"id": job_id})
+        conn.execute(
+            text("UPDATE sa_pgtq_jobs SET meta = :m WHERE id = :id"), {"m": meta, "id": job_id}
+        )
     engine.dispose()
     burst(q)
     assert only("run odd").links == ()
+    assert runs == [1] and q.job(job_id) is None, "ran once, and succeeded"
+
+
+class Failing(SimpleSpanProcessor):
+    """A span processor that breaks when a run's span ends, as a misconfigured exporter may
+    (until switched off: the SDK cannot remove a processor)."""
+
+    broken = True
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.broken and span.name.startswith("run "):
+            raise RuntimeError("the exporter broke")
+
+
+def test_a_broken_tracer_loses_the_span_never_the_run(q: sa_pgtq.Queue) -> None:
+    runs: list[int] = []
+
+    @q.handler()
+    def once(n: int) -> None:
+        runs.append(n)
+
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    failing = Failing(EXPORTER)
+    provider.add_span_processor(failing)
+    try:
+        job_ids = [once.push(n) for n in range(3)]
+        burst(q)
+    finally:
+        failing.broken = False
+    assert sorted(runs) == [0, 1, 2], "each ran once, none again after the tracer's error"
+    assert all(q.job(job_id) is None for job_id in job_ids), "and each succeeded"
