@@ -71,19 +71,19 @@ class Inspection:
             QUEUED: or_(waiting[TASK], waiting[MESSAGE]),
             **{state: c.state == const(state) for state in STATES if state != QUEUED},
         }
+        # The partial indexes led by `queue`: between them, every row.
+        self._by_queue = (
+            waiting[TASK],
+            waiting[MESSAGE],
+            c.state == const(RUNNING),
+            c.state == const(FAILED),
+            _in_states(c.state, PRUNABLE),
+        )
         #: -> the name of every queue with a job (in any state) or a row in the pause table
         self.queue_names: CompoundSelect[Any] = union(
             *(
                 _skip_scan_queues(table, where, f"queues_{n}")
-                for n, where in enumerate(
-                    (
-                        waiting[TASK],
-                        waiting[MESSAGE],
-                        c.state == const(RUNNING),
-                        c.state == const(FAILED),
-                        _in_states(c.state, PRUNABLE),
-                    )
-                )
+                for n, where in enumerate(self._by_queue)
             ),
             select(statements.queues.c.queue),
         ).order_by("queue")
@@ -153,6 +153,10 @@ class Inspection:
             where.append(c.queue == bindparam("queue_name", type_=Text))
         if state is not None:
             where.append(self.in_state[state])
+        elif queue:
+            # Any state, said so that each partial index qualifies: a small queue's jobs
+            # are then found through them, not by walking the whole table backwards.
+            where.append(or_(*self._by_queue))
         if tag:
             where.append(c.tag == bindparam("tag", type_=Text))
         if before:
