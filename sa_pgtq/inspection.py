@@ -38,6 +38,10 @@ from sqlalchemy.sql.elements import ClauseElement
 from .models import CANCELLED, FAILED, MESSAGE, PRUNABLE, QUEUED, RUNNING, STATES, SUCCEEDED, TASK
 from .statements import Statements, _in_states, const
 
+#: The most heads (of a priority, or a tag and priority) read for the longest wait: with
+#: more (a tag per user, say), the longest wait among the first ones in index order.
+MAX_HEADS = 1000
+
 
 class Explain(Executable, ClauseElement):
     """`EXPLAIN (FORMAT JSON)` of a statement: how many rows the planner expects."""
@@ -195,7 +199,9 @@ def _earliest_head(table: Any, waiting: ColumnElement[bool], *, by_tag: bool) ->
         step = union_all(same_tag, later_tag).limit(1)
     following = step.lateral("following")
     heads = heads.union_all(select(*following.c).select_from(heads.join(following, true())))
-    return select(func.min(heads.c.run_at)).scalar_subquery()
+    # A recursive query runs only as far as it is read: at most MAX_HEADS probes.
+    read = select(heads.c.run_at).limit(MAX_HEADS).subquery()
+    return select(func.min(read.c.run_at)).scalar_subquery()
 
 
 @cache

@@ -274,9 +274,31 @@ def age(elapsed: timedelta, sep: str = "") -> str:
     return f"{secs}s"
 
 
+#: Query options of an asyncpg URL that are asyncpg's or SQLAlchemy's asyncpg dialect's,
+#: not libpq's: psycopg2 refuses them.
+_ASYNCPG_OPTIONS = frozenset(
+    {
+        "prepared_statement_cache_size",
+        "prepared_statement_name_func",
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+        "command_timeout",
+        "ssl",
+    }
+)
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
 def _sync_engine(engine: AsyncEngine) -> Engine:
-    """A sync engine on an async engine's database (asyncpg's URL gets psycopg2)."""
+    """A sync engine on an async engine's database: psycopg's keeps its URL, asyncpg's gets
+    psycopg2 and libpq's options (its `ssl` mode as `sslmode`). The async engine's
+    `connect_args` are not carried over: give a sync Engine when they matter."""
     url: URL = engine.url
     if url.drivername == "postgresql+asyncpg":
-        url = url.set(drivername="postgresql+psycopg2")
+        query = {k: v for k, v in url.query.items() if k not in _ASYNCPG_OPTIONS}
+        ssl = url.query.get("ssl")
+        if isinstance(ssl, str) and ssl in _SSL_MODES:
+            query.setdefault("sslmode", ssl)
+        url = url.set(drivername="postgresql+psycopg2", query=query)
     return engine_from_url(url)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import sa_pgtq
@@ -187,8 +188,16 @@ def test_reads_join_the_callers_session(clean: Engine) -> None:
 
 
 def test_an_async_queue_or_engine_is_monitored_through_a_sync_engine(async_url: str) -> None:
+    # What PgBouncer setups put in an asyncpg URL, which psycopg2 would refuse.
+    options = {
+        "asyncpg": "prepared_statement_cache_size=0&ssl=disable",
+        "psycopg": "sslmode=disable",
+    }
+    url = make_url(async_url)
+    url = url.update_query_string(options[url.drivername.split("+")[1]], append=True)
+
     async def scenario() -> None:
-        aq = sa_pgtq.AsyncQueue(async_url, name="a")
+        aq = sa_pgtq.AsyncQueue(url, name="a")
         job_id = await aq.enqueue("t", {"x": 1})
         for monitor in (Monitor(aq), Monitor(aq.engine)):
             assert monitor.job(job_id).data == {"x": 1}  # type: ignore[union-attr]
