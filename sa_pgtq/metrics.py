@@ -6,7 +6,7 @@
     sa_pgtq.metrics.serve(q, port=9100)               # what `sa-pgtq worker --metrics-port` does
 
 Counters and the histogram count the runs of this process (its workers, and
-`task.run()`), by queue and task (the handler's name):
+`task.run()`), by table, queue and task (the handler's name):
 
     sa_pgtq_jobs_run_total              runs finished, whatever their outcome
     sa_pgtq_jobs_succeeded_total        runs that succeeded
@@ -15,7 +15,7 @@ Counters and the histogram count the runs of this process (its workers, and
     sa_pgtq_job_run_duration_seconds    a histogram of how long runs took
 
 Gauges are read from the table when scraped (`Monitor.queues()`, a few index
-probes), for every queue of each table registered, by queue:
+probes), for every queue of each table registered, by table and queue:
 
     sa_pgtq_queue_depth                     jobs waiting (queued, due or scheduled)
     sa_pgtq_queue_oldest_waiting_seconds    how long the longest-waiting due job has waited
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 #: The run duration histogram's buckets, in seconds: from fast no-ops to hour-long tasks.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-LABELS = ("queue", "task")
+LABELS = ("table", "queue", "task")
 
 _registered: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
 
@@ -84,7 +84,7 @@ def serve(
 
 
 class _Metrics:
-    """One registry's metrics: run counters and histogram by (queue, task), table gauges."""
+    """One registry's metrics: run counters and histogram by (table, queue, task), gauges."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def counter(name: str, doc: str) -> Counter:
@@ -113,13 +113,13 @@ class _Metrics:
         queue.executor.observers.append(self._observer(queue))
 
     def _observer(self, queue: Queue) -> RunObserver:
-        # Each (queue, task)'s series looked up once: `labels()` takes a lock and a dict.
+        # Each task's series looked up once: `labels()` takes a lock and a dict.
         series: dict[str, _Series] = {}
 
         def of(task: str) -> _Series:
             found = series.get(task)
             if found is None:
-                labels = (queue.name, task)
+                labels = (queue.table_name, queue.name, task)
                 found = series[task] = _Series(
                     self.run.labels(*labels),
                     self.succeeded.labels(*labels),
@@ -147,7 +147,7 @@ class _Metrics:
 
 
 class _Series(NamedTuple):
-    """One (queue, task)'s children of the run metrics."""
+    """One (table, queue, task)'s children of the run metrics."""
 
     run: Counter
     succeeded: Counter
@@ -180,29 +180,34 @@ class _Tables(Collector):
                 log.warning("metrics: cannot read table %s: %s", monitor.table_name, exc)
                 continue
             for queue in stats:
-                depth.add_metric([queue.name], queue.counts[QUEUED].value)
+                where = [monitor.table_name, queue.name]
+                depth.add_metric(where, queue.counts[QUEUED].value)
                 waited = queue.oldest_waiting
-                oldest.add_metric([queue.name], 0.0 if waited is None else waited.total_seconds())
+                oldest.add_metric(where, 0.0 if waited is None else waited.total_seconds())
                 for state in STATES:
-                    jobs.add_metric([queue.name, state], queue.counts[state].value)
-                paused.add_metric([queue.name], 1.0 if queue.paused else 0.0)
+                    jobs.add_metric([*where, state], queue.counts[state].value)
+                paused.add_metric(where, 1.0 if queue.paused else 0.0)
         return iter(families)
 
 
 def _families() -> tuple[GaugeMetricFamily, ...]:
     return (
         GaugeMetricFamily(
-            "sa_pgtq_queue_depth", "Jobs waiting in the queue, due or scheduled", labels=["queue"]
+            "sa_pgtq_queue_depth",
+            "Jobs waiting in the queue, due or scheduled",
+            labels=["table", "queue"],
         ),
         GaugeMetricFamily(
             "sa_pgtq_queue_oldest_waiting_seconds",
             "How long the longest-waiting due job has waited (0: none is due)",
-            labels=["queue"],
+            labels=["table", "queue"],
         ),
         GaugeMetricFamily(
             "sa_pgtq_queue_jobs",
             "Jobs of the queue by state (above 10,000, the planner's estimate)",
-            labels=["queue", "state"],
+            labels=["table", "queue", "state"],
         ),
-        GaugeMetricFamily("sa_pgtq_queue_paused", "1 while the queue is paused", labels=["queue"]),
+        GaugeMetricFamily(
+            "sa_pgtq_queue_paused", "1 while the queue is paused", labels=["table", "queue"]
+        ),
     )

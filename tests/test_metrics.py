@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 from helpers import Spawn, wait_for, wait_ready
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import sa_pgtq
@@ -104,7 +104,7 @@ def test_a_burst_scraped_from_the_workers_endpoint(
     got = scraped_when(port, lambda s: total(s, "sa_pgtq_jobs_run_total") >= runs, 60)
 
     def labels(task: str) -> dict[str, str]:
-        return {"queue": "metrics", "task": task}
+        return {"table": "sa_pgtq_jobs", "queue": "metrics", "task": task}
 
     def series(name: str, task: str) -> float | None:
         return value(got, name, **labels(task))
@@ -121,16 +121,27 @@ def test_a_burst_scraped_from_the_workers_endpoint(
     everything = value(got, "sa_pgtq_job_run_duration_seconds_bucket", le="+Inf", **labels("ok"))
     assert everything == 5
 
-    assert value(got, "sa_pgtq_queue_depth", queue="metrics") == 2  # the two scheduled ones
-    assert value(got, "sa_pgtq_queue_jobs", queue="metrics", state="failed") == 2
-    assert value(got, "sa_pgtq_queue_oldest_waiting_seconds", queue="metrics") == 0
-    assert value(got, "sa_pgtq_queue_depth", queue="idle") == 3
-    oldest = value(got, "sa_pgtq_queue_oldest_waiting_seconds", queue="idle")
+    assert (
+        value(got, "sa_pgtq_queue_depth", table="sa_pgtq_jobs", queue="metrics") == 2
+    )  # the two scheduled ones
+    assert (
+        value(got, "sa_pgtq_queue_jobs", table="sa_pgtq_jobs", queue="metrics", state="failed") == 2
+    )
+    assert (
+        value(got, "sa_pgtq_queue_oldest_waiting_seconds", table="sa_pgtq_jobs", queue="metrics")
+        == 0
+    )
+    assert value(got, "sa_pgtq_queue_depth", table="sa_pgtq_jobs", queue="idle") == 3
+    oldest = value(got, "sa_pgtq_queue_oldest_waiting_seconds", table="sa_pgtq_jobs", queue="idle")
     assert oldest is not None and 3600 <= oldest < 3600 + 120
-    assert value(got, "sa_pgtq_queue_paused", queue="idle") == 0
+    assert value(got, "sa_pgtq_queue_paused", table="sa_pgtq_jobs", queue="idle") == 0
 
     idle.pause()  # read at scrape time
-    scraped_when(port, lambda s: value(s, "sa_pgtq_queue_paused", queue="idle") == 1, 10)
+    scraped_when(
+        port,
+        lambda s: value(s, "sa_pgtq_queue_paused", table="sa_pgtq_jobs", queue="idle") == 1,
+        10,
+    )
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0
 
@@ -158,12 +169,17 @@ def test_an_applications_own_registry(q: sa_pgtq.Queue, clean: Engine) -> None:
     sa_pgtq.metrics.register(q, registry=registry)
     sa_pgtq.metrics.register(q, registry=registry)  # again: changes nothing
     sa_pgtq.metrics.register(q, registry=other)
-    labels = {"queue": "default", "task": "flaky"}
+    labels = {"table": "sa_pgtq_jobs", "queue": "default", "task": "flaky"}
     assert registry.get_sample_value("sa_pgtq_jobs_run_total", labels) == 0  # from the start
 
     flaky.push_many([(n,) for n in range(4)])
     flaky.options(delay=600).push(9)
-    assert registry.get_sample_value("sa_pgtq_queue_depth", {"queue": "default"}) == 5
+    assert (
+        registry.get_sample_value(
+            "sa_pgtq_queue_depth", {"table": "sa_pgtq_jobs", "queue": "default"}
+        )
+        == 5
+    )
     worker = sa_pgtq.Worker(q, install_signal_handlers=False, poll_interval=0.05)
 
     def ran_all() -> bool:  # the retries are due a moment after the failures
@@ -178,8 +194,13 @@ def test_an_applications_own_registry(q: sa_pgtq.Queue, clean: Engine) -> None:
         assert reg.get_sample_value("sa_pgtq_jobs_retried_total", labels) == 2
         assert reg.get_sample_value("sa_pgtq_jobs_failed_total", labels) == 0
         assert reg.get_sample_value("sa_pgtq_job_run_duration_seconds_count", labels) == 6
-    assert registry.get_sample_value("sa_pgtq_queue_depth", {"queue": "default"}) == 1
-    state = {"queue": "default", "state": "succeeded"}
+    assert (
+        registry.get_sample_value(
+            "sa_pgtq_queue_depth", {"table": "sa_pgtq_jobs", "queue": "default"}
+        )
+        == 1
+    )
+    state = {"table": "sa_pgtq_jobs", "queue": "default", "state": "succeeded"}
     assert registry.get_sample_value("sa_pgtq_queue_jobs", state) == 0  # no retention
 
 
@@ -203,11 +224,11 @@ def test_an_async_worker_counts_on_an_apps_registry(async_url: str) -> None:
             await engine.dispose()
 
     asyncio.run(scenario())
-    labels = {"queue": "aio", "task": "check"}
+    labels = {"table": "sa_pgtq_jobs", "queue": "aio", "task": "check"}
     assert registry.get_sample_value("sa_pgtq_jobs_run_total", labels) == 3
     assert registry.get_sample_value("sa_pgtq_jobs_succeeded_total", labels) == 2
     assert registry.get_sample_value("sa_pgtq_jobs_failed_total", labels) == 1
-    failed = {"queue": "aio", "state": "failed"}
+    failed = {"table": "sa_pgtq_jobs", "queue": "aio", "state": "failed"}
     assert registry.get_sample_value("sa_pgtq_queue_jobs", failed) == 1
 
 
@@ -215,7 +236,12 @@ def test_an_unreachable_table_leaves_the_scrape_working(db_url: str) -> None:
     engine = create_engine(db_url.replace("/sa_pgtq_test_", "/no_such_db_"))
     registry = CollectorRegistry()
     sa_pgtq.metrics.register(sa_pgtq.Queue(engine), registry=registry)
-    assert registry.get_sample_value("sa_pgtq_queue_depth", {"queue": "default"}) is None
+    assert (
+        registry.get_sample_value(
+            "sa_pgtq_queue_depth", {"table": "sa_pgtq_jobs", "queue": "default"}
+        )
+        is None
+    )
     assert registry.get_sample_value("sa_pgtq_jobs_run_total", {}) is None
     engine.dispose()
 
@@ -235,3 +261,28 @@ def test_an_observer_that_raises_never_costs_a_run(q: sa_pgtq.Queue) -> None:
     sa_pgtq.Worker(q, install_signal_handlers=False).run(burst=True)
     assert sorted(runs) == [0, 1, 2], "each ran once, none again after the observer's error"
     assert all(q.job(job_id) is None for job_id in job_ids)
+
+
+def test_two_tables_on_one_registry_are_told_apart(clean: Engine) -> None:
+    registry = CollectorRegistry()
+    queues = [sa_pgtq.Queue(clean, table_name=name) for name in ("metrics_a", "metrics_b")]
+    try:
+        for depth, queue in enumerate(queues, start=1):
+            queue.create_table()
+
+            @queue.handler(name="work")
+            def work() -> None: ...
+
+            sa_pgtq.metrics.register(queue, registry=registry)
+            work.push_many([()] * depth)
+        for table, depth in (("metrics_a", 1), ("metrics_b", 2)):
+            where = {"table": table, "queue": "default"}
+            assert registry.get_sample_value("sa_pgtq_queue_depth", where) == depth
+        sa_pgtq.Worker(queues[0], install_signal_handlers=False).run(burst=True)
+        for table, runs in (("metrics_a", 1), ("metrics_b", 0)):
+            where = {"table": table, "queue": "default", "task": "work"}
+            assert registry.get_sample_value("sa_pgtq_jobs_run_total", where) == runs
+    finally:
+        with clean.begin() as conn:
+            for name in ("metrics_a", "metrics_b"):
+                conn.execute(text(f"DROP TABLE {name}, {name}_queues, {name}_ticks"))
