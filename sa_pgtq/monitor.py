@@ -41,6 +41,8 @@ from .statements import statements_for
 #: Counts stop here (a page view never walks more index entries than this per count);
 #: above it the planner's estimate is shown instead.
 COUNT_CAP = 10_000
+#: The most `Queue` objects a monitor keeps for its actions.
+_KEPT_QUEUES = 100
 #: The most jobs one listing returns.
 MAX_LIMIT = 1000
 # Waiting jobs are counted per kind: each kind has its own index.
@@ -218,6 +220,8 @@ class Monitor:
         """A `Queue` of this name on the monitor's table, for actions on it."""
         queue = self._queues.get(name)
         if queue is None:
+            if len(self._queues) >= _KEPT_QUEUES:  # names come from requests: keep a few
+                self._queues.clear()
             queue = Queue(
                 self.backend.binding,
                 name=name,

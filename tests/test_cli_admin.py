@@ -389,6 +389,7 @@ def test_the_applications_queue_names_database_and_table(
         ),
         (("dashboard", "--port", "70000"), "argument --port: not a TCP port: '70000'"),
         (("sql", "--from-version", "9"), "argument --from-version: invalid choice: 9"),
+        (("sql", "--from-version", str(schema.LATEST)), "argument --from-version: invalid choice"),
         (("sql", "--table", ""), "table_name must not be empty"),
     ],
 )

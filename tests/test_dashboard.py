@@ -380,6 +380,8 @@ def test_read_only_shows_no_forms_and_refuses_every_post(jobs: Jobs, clean: Engi
             f"/jobs/{jobs.running}/abort",
             "/queues/reports/pause",
             "/queues/emails/resume",
+            "/",  # routes that take no POST at all: 403 too, not 405
+            f"/jobs/{jobs.failed}",
         ):
             answer = client.post(path, headers={"Origin": HOST}, follow_redirects=False)
             assert answer.status_code == 403 and "read-only" in answer.text

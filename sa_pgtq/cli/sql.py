@@ -36,7 +36,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     sql.add_argument(
         "--from-version",
         type=int,
-        choices=range(schema.LATEST + 1),
+        choices=range(schema.LATEST),  # at the latest there is nothing to run
         default=0,
         metavar="N",
         help="upgrade a table at schema version N (its comment says which) instead of creating "

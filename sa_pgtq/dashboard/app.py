@@ -71,7 +71,8 @@ def create_app(
 
 
 class Authorization:
-    """Asks `check` about every HTTP request before the dashboard sees it."""
+    """Asks `check` about every HTTP request before the dashboard sees it, and refuses
+    every other method than GET on a read-only dashboard."""
 
     def __init__(self, app: ASGIApp, check: Authorize | None, renderer: Renderer) -> None:
         self.app = app
@@ -79,11 +80,16 @@ class Authorization:
         self.renderer = renderer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.check is not None:
+        if scope["type"] == "http":
             request = Request(scope)
-            if not await self._allowed(request, self.check):
-                response = self.renderer.error(request, 403, "You are not allowed to see this.")
-                await response(scope, receive, send)
+            refusal = None
+            if self.check is not None and not await self._allowed(request, self.check):
+                refusal = "You are not allowed to see this."
+            elif self.renderer.read_only and request.method not in ("GET", "HEAD"):
+                # Every POST, to any path: a 403, not the 405 of a route that takes none.
+                refusal = "This dashboard is read-only: it takes no actions."
+            if refusal is not None:
+                await self.renderer.error(request, 403, refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
