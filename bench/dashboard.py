@@ -113,6 +113,8 @@ def main() -> None:
                     "/jobs?state=failed&queue=reports&limit=200",
                     "/jobs?state=running&queue=billing",
                     "/jobs?tag=rare",
+                    "/jobs?queue=nowhere",  # a queue with no job: through the indexes
+                    "/jobs?tag=nowhere",  # a tag no job has: the whole table, walked back
                 ]
                 print(f"{'page':45s} {'median ms':>10s} {'max ms':>8s}")
                 for path in pages:
