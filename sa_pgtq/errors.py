@@ -124,6 +124,12 @@ class DrainLimitError(SaPgtqError, RuntimeError):
     pushes itself again, or a chain of tasks that never ends."""
 
 
+def exception_line(error: str | None) -> str:
+    """The exception line of a traceback `describe_error` kept (its last non-empty line)."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def describe_error(exc: BaseException, limit: int = 20_000) -> str:
     """The traceback kept in `last_error`, bounded so a huge message cannot bloat a row.
 

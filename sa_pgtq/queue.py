@@ -29,6 +29,7 @@ from .errors import (
     JobNotFoundError,
     ResultsNotKeptError,
     ResultTimeoutError,
+    exception_line,
 )
 from .execution import DEFAULT_LEASE, Executor
 from .gateway import MessageRow
@@ -330,8 +331,9 @@ class Queue:
                 if job.state == SUCCEEDED:
                     return job.result
                 if job.state in (FAILED, CANCELLED):
+                    why = exception_line(job.last_error) or "no error recorded"
                     raise JobFailedError(
-                        f"job {checked} {job.state}: {_last_line(job.last_error)}",
+                        f"job {checked} {job.state}: {why}",
                         job_id=checked,
                         state=job.state,
                         last_error=job.last_error,
@@ -420,12 +422,6 @@ class Queue:
 
     def _job(self, row: MessageRow) -> JobMixin:
         return job_from_row(self.model, row)
-
-
-def _last_line(error: str | None) -> str:
-    """The exception line of a kept traceback (its last non-empty line)."""
-    lines = [line for line in (error or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no error recorded"
 
 
 def job_from_row(model: type[JobMixin], row: MessageRow) -> JobMixin:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import validation
 from ..aio import AsyncQueue
+from ..errors import exception_line
 from ..models import STATES, JobMixin
 from ..monitor import MAX_LIMIT, Monitor
 from ..queue import Queue
@@ -147,9 +148,7 @@ def act(args: argparse.Namespace) -> int:
 
 def _error_summary(error: str | None, width: int = 60) -> str:
     """A traceback's last line (the exception), cut to fit a table."""
-    if not error:
-        return ""
-    last = error.strip().splitlines()[-1]
+    last = exception_line(error).rstrip()
     return last if len(last) <= width else last[: width - 1] + "…"
 
 
